@@ -1,0 +1,1 @@
+//! tiercast: outbound WhatsApp campaign dialer daemon.

@@ -1,1 +1,13 @@
-//! tiercast: outbound WhatsApp campaign dialer daemon.
+//! tiercast: an outbound WhatsApp campaign dialer daemon.
+//!
+//! The flow (see ARCHITECTURE in the README): CSV → `import` → contacts and lists →
+//! `campaign` start loads the hopper → dispatcher claims due rows, paces, renders and sends
+//! through a provider → webhooks bring statuses and replies back to the inbox.
+
+pub mod campaign;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod import;
+pub mod store;

@@ -1,0 +1,172 @@
+//! Campaign life cycle (draft → running ⇄ paused → stopped / completed) and its status view.
+//! Used by the CLI and the admin API alike, so both refuse and report the same way.
+
+use crate::clock::Clock;
+use crate::config::{Campaign, Config};
+use crate::domain::{CampaignCommand, CampaignState, HopperState, Outcome, TransitionRefused};
+use crate::store::{CampaignRow, Store, StoreError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    #[error("no campaign named {name:?} in {config} (defined: {known})")]
+    Unknown {
+        name: String,
+        config: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Refused(#[from] TransitionRefused),
+    #[error("cannot start campaign {campaign:?}: {reason}")]
+    NotStartable { campaign: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CampaignError {
+    /// Refusals and unknown names are the user's input; store errors are ours.
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, CampaignError::Store(_))
+    }
+}
+
+/// The JSON of `campaign status --json` and `GET /api/campaigns/{name}` (SPEC §5.1).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CampaignStatus {
+    pub name: String,
+    pub state: CampaignState,
+    pub paused_reason: Option<String>,
+    pub line: String,
+    pub template: String,
+    pub hopper: BTreeMap<&'static str, u64>,
+    pub outcomes: BTreeMap<&'static str, u64>,
+    pub answers: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    pub waiting_for_tier: u64,
+}
+
+pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Campaign, CampaignError> {
+    config.campaign(name).ok_or_else(|| CampaignError::Unknown {
+        name: name.to_string(),
+        config: config.source.clone(),
+        known: config
+            .campaigns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    })
+}
+
+pub async fn status(
+    store: &Store,
+    clock: &dyn Clock,
+    campaign: &Campaign,
+) -> Result<CampaignStatus, CampaignError> {
+    let row = store
+        .ensure_campaign(&campaign.name, clock.now_millis())
+        .await?;
+    let counts = store.hopper_counts(row.id).await?;
+    let mut hopper: BTreeMap<&'static str, u64> = HopperState::ALL
+        .iter()
+        .map(|s| (s.as_str(), counts.state(*s)))
+        .collect();
+    hopper.insert("total", counts.total());
+    let outcomes = Outcome::ALL
+        .iter()
+        .map(|o| (o.as_str(), counts.outcome(*o)))
+        .collect();
+    // `answers` counts answered rows by the answer's configured outcome (SPEC §5.1).
+    let mut answers: BTreeMap<String, u64> = campaign
+        .answers
+        .iter()
+        .map(|a| (a.outcome.clone(), 0))
+        .collect();
+    for (key, n) in &counts.by_answer {
+        let outcome = campaign
+            .answers
+            .iter()
+            .find(|a| &a.key == key || &a.outcome == key)
+            .map(|a| a.outcome.clone())
+            .unwrap_or_else(|| key.clone());
+        *answers.entry(outcome).or_default() += n;
+    }
+    Ok(CampaignStatus {
+        name: row.name,
+        state: row.state,
+        paused_reason: row.paused_reason,
+        line: campaign.line.clone(),
+        template: format!(
+            "{} ({})",
+            campaign.template.name, campaign.template.language
+        ),
+        hopper,
+        outcomes,
+        answers,
+        sent: counts.sent,
+        delivered: counts.delivered,
+        read: counts.read,
+        waiting_for_tier: 0,
+    })
+}
+
+/// Applies start / pause / resume / stop. Starting (and resuming) loads the campaign's lists
+/// into the hopper; stopping closes every unsent row as `stopped`.
+pub async fn command(
+    store: &Store,
+    clock: &dyn Clock,
+    config: &Config,
+    name: &str,
+    cmd: CampaignCommand,
+) -> Result<CampaignRow, CampaignError> {
+    let campaign = find(config, name)?;
+    let now = clock.now_millis();
+    let row = store.ensure_campaign(&campaign.name, now).await?;
+    let target = row.state.apply(cmd, &campaign.name)?;
+    if matches!(cmd, CampaignCommand::Start | CampaignCommand::Resume) {
+        check_startable(store, campaign).await?;
+        store
+            .load_hopper(
+                row.id,
+                &campaign.line,
+                &campaign.lists,
+                campaign.require_opt_in,
+                now,
+            )
+            .await?;
+    }
+    if !store
+        .transition_campaign(row.id, row.state, target, None, now)
+        .await?
+    {
+        // Someone else changed it between our read and our write: report what it is now.
+        let current = store.ensure_campaign(&campaign.name, now).await?;
+        current.state.apply(cmd, &campaign.name)?;
+    }
+    if cmd == CampaignCommand::Stop {
+        store.close_unsent(row.id, Outcome::Stopped, now).await?;
+    }
+    Ok(store.ensure_campaign(&campaign.name, now).await?)
+}
+
+/// A campaign may only start when its lists hold contacts and its template can be sent.
+async fn check_startable(store: &Store, campaign: &Campaign) -> Result<(), CampaignError> {
+    let refuse = |reason: String| CampaignError::NotStartable {
+        campaign: campaign.name.clone(),
+        reason,
+    };
+    let mut contacts = 0;
+    for list in &campaign.lists {
+        if !store.list_exists(list).await? {
+            return Err(refuse(format!("list {list:?} does not exist; import it with `tiercast import FILE.csv --list {list}`")));
+        }
+        contacts += store.list_size(list).await?;
+    }
+    if contacts == 0 {
+        return Err(refuse("its lists hold no contacts".to_string()));
+    }
+    Ok(())
+}

@@ -1,0 +1,390 @@
+//! The command line (SPEC §5.1): clap definitions, each command a thin call into the modules.
+//! Exit codes: 0 success, 2 bad input or config (the message names file, line, key), 1 other
+//! failures.
+
+use crate::campaign::{self, CampaignError, CampaignStatus};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, ConfigError};
+use crate::domain::CampaignCommand;
+use crate::import::{self, FileSource, ImportError, ImportOptions};
+use crate::store::{Store, StoreError};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tiercast",
+    version,
+    about = "Outbound WhatsApp campaign dialer daemon"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Configuration file [default: tiercast.toml, if it exists]
+    #[arg(long, global = true, env = "TIERCAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Database URL (overrides server.database_url): sqlite://FILE or postgres://…
+    #[arg(long, global = true, env = "TIERCAST_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply database migrations
+    Migrate,
+    /// Load contacts from a CSV file into a list
+    Import {
+        file: PathBuf,
+        /// The list to load into (created if needed)
+        #[arg(long)]
+        list: String,
+        /// Country for numbers written without +country code (ISO code, e.g. BR)
+        #[arg(long)]
+        default_country: Option<String>,
+        /// Mark every contact of this file as opted in (an opt_in column wins)
+        #[arg(long)]
+        opt_in: bool,
+    },
+    /// Manage the campaigns defined in the config
+    Campaign {
+        #[command(subcommand)]
+        action: CampaignAction,
+    },
+    /// One row per contact of a campaign
+    Report {
+        #[arg(long)]
+        campaign: String,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CampaignAction {
+    /// Every campaign with its state and hopper counts
+    List,
+    /// One campaign's hopper, outcomes and answers
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Start {
+        name: String,
+    },
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Json,
+}
+
+/// A failure, sorted by whose it is.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad input or config: exit 2.
+    Input(String),
+    /// Anything else: exit 1.
+    Failure(anyhow::Error),
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::Input(e.to_string())
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        CliError::Failure(e.into())
+    }
+}
+
+impl From<CampaignError> for CliError {
+    fn from(e: CampaignError) -> Self {
+        if e.is_bad_input() {
+            CliError::Input(e.to_string())
+        } else {
+            CliError::Failure(e.into())
+        }
+    }
+}
+
+impl From<ImportError> for CliError {
+    fn from(e: ImportError) -> Self {
+        match e {
+            ImportError::Store { .. } => CliError::Failure(e.into()),
+            other => CliError::Input(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Failure(e.into())
+    }
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Input(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failure(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tiercast=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The config named by `--config`, else `tiercast.toml` if present, else the defaults.
+pub fn load_config(global: &GlobalArgs) -> Result<Config, ConfigError> {
+    let mut config = match &global.config {
+        Some(path) => Config::load(path)?,
+        None if Path::new("tiercast.toml").exists() => Config::load(Path::new("tiercast.toml"))?,
+        None => Config::empty(),
+    };
+    if let Some(url) = &global.database_url {
+        config.server.database_url = url.clone();
+    }
+    Ok(config)
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let config = load_config(&cli.global)?;
+    let clock = SystemClock;
+    match cli.command {
+        Command::Migrate => {
+            let store = Store::open(&config.server.database_url).await?;
+            println!(
+                "database {} is up to date",
+                redact_url(&config.server.database_url)
+            );
+            store.close().await;
+        }
+        Command::Import {
+            file,
+            list,
+            default_country,
+            opt_in,
+        } => {
+            let store = Store::open(&config.server.database_url).await?;
+            let options = ImportOptions {
+                list,
+                default_country: default_country.or_else(|| config.import.default_country.clone()),
+                opt_in,
+                batch_size: config.import.batch_size,
+                progress: true,
+            };
+            let summary = import::import(&store, &clock, &FileSource(file), &options).await?;
+            println!("{summary}");
+            store.close().await;
+        }
+        Command::Campaign { action } => {
+            let store = Store::open(&config.server.database_url).await?;
+            campaign_action(&store, &clock, &config, action).await?;
+            store.close().await;
+        }
+        Command::Report {
+            campaign: name,
+            format,
+        } => {
+            let store = Store::open(&config.server.database_url).await?;
+            let c = campaign::find(&config, &name)?;
+            let row = store.ensure_campaign(&c.name, clock.now_millis()).await?;
+            let stdout = std::io::stdout();
+            write_report(&store, row.id, format, &mut stdout.lock()).await?;
+            store.close().await;
+        }
+    }
+    Ok(())
+}
+
+async fn campaign_action(
+    store: &Store,
+    clock: &dyn Clock,
+    config: &Config,
+    action: CampaignAction,
+) -> Result<(), CliError> {
+    let (name, cmd) = match action {
+        CampaignAction::List => {
+            println!(
+                "{:<24} {:<10} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                "CAMPAIGN", "STATE", "LINE", "TOTAL", "FRESH", "RETRY", "PENDING", "CLOSED"
+            );
+            for c in &config.campaigns {
+                let s = campaign::status(store, clock, c).await?;
+                println!(
+                    "{:<24} {:<10} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
+                    s.name,
+                    s.state,
+                    s.line,
+                    s.hopper["total"],
+                    s.hopper["fresh"],
+                    s.hopper["retry"],
+                    s.hopper["pending"],
+                    s.hopper["closed"]
+                );
+            }
+            return Ok(());
+        }
+        CampaignAction::Status { name, json } => {
+            let c = campaign::find(config, &name)?;
+            let s = campaign::status(store, clock, c).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).map_err(|e| CliError::Failure(e.into()))?
+                );
+            } else {
+                print_status(&s);
+            }
+            return Ok(());
+        }
+        CampaignAction::Start { name } => (name, CampaignCommand::Start),
+        CampaignAction::Pause { name } => (name, CampaignCommand::Pause),
+        CampaignAction::Resume { name } => (name, CampaignCommand::Resume),
+        CampaignAction::Stop { name } => (name, CampaignCommand::Stop),
+    };
+    let row = campaign::command(store, clock, config, &name, cmd).await?;
+    let c = campaign::find(config, &name)?;
+    let s = campaign::status(store, clock, c).await?;
+    println!(
+        "campaign {} is {} ({} contacts in the hopper, {} closed)",
+        row.name, row.state, s.hopper["total"], s.hopper["closed"]
+    );
+    Ok(())
+}
+
+pub fn print_status(s: &CampaignStatus) {
+    println!(
+        "campaign {}  [{}]  line {}  template {}",
+        s.name, s.state, s.line, s.template
+    );
+    if let Some(reason) = &s.paused_reason {
+        println!("paused: {reason}");
+    }
+    let h = &s.hopper;
+    println!(
+        "hopper   total {}  fresh {}  retry {}  pending {}  closed {}",
+        h["total"], h["fresh"], h["retry"], h["pending"], h["closed"]
+    );
+    println!(
+        "messages sent {}  delivered {}  read {}  waiting for tier {}",
+        s.sent, s.delivered, s.read, s.waiting_for_tier
+    );
+    let outcomes: Vec<String> = s
+        .outcomes
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    if !outcomes.is_empty() {
+        println!("outcomes {}", outcomes.join("  "));
+    }
+    let answers: Vec<String> = s.answers.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    if !answers.is_empty() {
+        println!("answers  {}", answers.join("  "));
+    }
+}
+
+/// Writes the campaign report as CSV or JSON lines... as one JSON array.
+pub async fn write_report(
+    store: &Store,
+    campaign_id: i64,
+    format: ReportFormat,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let io = |e: std::io::Error| StoreError::Corrupt(format!("writing the report: {e}"));
+    match format {
+        ReportFormat::Csv => {
+            let mut w = csv::Writer::from_writer(out);
+            let mut header_written = false;
+            store
+                .report_rows(campaign_id, |row| {
+                    if !header_written {
+                        header_written = true;
+                    }
+                    w.serialize(&row)
+                        .map_err(|e| StoreError::Corrupt(format!("writing the report: {e}")))
+                })
+                .await?;
+            w.flush().map_err(io)?;
+        }
+        ReportFormat::Json => {
+            out.write_all(b"[").map_err(io)?;
+            let mut first = true;
+            store
+                .report_rows(campaign_id, |row| {
+                    if !first {
+                        out.write_all(b",\n").map_err(io)?;
+                    }
+                    first = false;
+                    serde_json::to_writer(&mut *out, &row)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .await?;
+            out.write_all(b"]\n").map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// A database URL fit for logs: the password, if any, replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}://{user}:***@{}", &url[..scheme], &url[at + 1..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_output() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

@@ -1,0 +1,212 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "t.toml")
+}
+
+fn err(text: &str) -> ConfigError {
+    parse(text).expect_err("config should be refused")
+}
+
+const BASE: &str = r#"
+[[portfolios]]
+name = "acme"
+tier = "1k"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+portfolio = "acme"
+
+[[campaigns]]
+name = "c1"
+line = "main"
+template = { name = "t", language = "pt_BR" }
+lists = ["l1"]
+"#;
+
+#[test]
+fn example_config_is_valid() {
+    let cfg = parse(EXAMPLE_CONFIG).unwrap();
+    let c = cfg.campaign("renewal-nov").unwrap();
+    assert_eq!(c.line, "main");
+    assert_eq!(c.response_timeout, Duration::from_secs(4 * 3600));
+    assert_eq!(c.answers.len(), 3);
+    let call = c.answers.iter().find(|a| a.key == "CALL ME").unwrap();
+    assert_eq!(
+        (call.normalized.as_str(), call.outcome.as_str(), call.action),
+        ("call me", "call", AnswerAction::Handoff)
+    );
+    assert!(c.retry_cron.is_some());
+    assert_eq!(cfg.portfolio("acme").unwrap().tier, Tier::Limited(1000));
+    assert_eq!(cfg.time_groups.len(), 2);
+    assert_eq!(cfg.import.default_country.as_deref(), Some("BR"));
+}
+
+#[test]
+fn defaults_apply() {
+    let cfg = parse(BASE).unwrap();
+    let c = &cfg.campaigns[0];
+    assert_eq!(c.max_attempts, 3);
+    assert!(c.auto_retry);
+    assert!(!c.require_opt_in);
+    assert_eq!(c.retry_backoff, Duration::from_secs(300));
+    assert_eq!(cfg.lines[0].throughput_mps, 80);
+    assert_eq!(cfg.server.database_url, DEFAULT_DATABASE_URL);
+    assert_eq!(cfg.server.reconcile_after, Duration::from_secs(600));
+    assert_eq!(cfg.inbox.opt_out_keywords.len(), 5);
+}
+
+#[test]
+fn unknown_key_names_key_and_line() {
+    let e = err(&format!(
+        "{BASE}\n[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n"
+    ));
+    assert_eq!(e.key, "server.lisen");
+    assert!(e.message.contains("unknown field `lisen`"), "{e}");
+    assert_eq!(e.line, Some(19));
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:19: server.lisen: unknown field"),
+        "{e}"
+    );
+
+    let e = err(&BASE.replace("lists = [\"l1\"]", "lists = [\"l1\"]\ncolour = \"red\""));
+    assert_eq!(e.key, "campaigns[0].colour");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let e = err(&BASE.replace(
+        "portfolio = \"acme\"",
+        "portfolio = \"acme\"\nthroughput_mps = \"fast\"",
+    ));
+    assert_eq!(e.key, "lines[0].throughput_mps");
+    assert!(e.message.contains("invalid type"), "{e}");
+
+    let e = err(&BASE.replace("lists = [\"l1\"]", "lists = \"l1\""));
+    assert_eq!(e.key, "campaigns[0].lists");
+
+    let e = err("[server]\nlisten = \nx");
+    assert_eq!(e.line, Some(2), "{e}");
+}
+
+#[test]
+fn dangling_references() {
+    let e = err(&BASE.replace("line = \"main\"", "line = \"nope\""));
+    assert_eq!(e.key, "campaigns[0].line");
+    assert_eq!(e.message, "line \"nope\" is not defined (defined: main)");
+
+    let e = err(&BASE.replace("portfolio = \"acme\"", "portfolio = \"other\""));
+    assert_eq!(e.key, "lines[0].portfolio");
+    assert!(e.message.contains("portfolio \"other\" is not defined"));
+
+    let e = err(&BASE.replace(
+        "portfolio = \"acme\"",
+        "portfolio = \"acme\"\ntime_group = \"office\"",
+    ));
+    assert_eq!(e.key, "lines[0].time_group");
+    assert!(e.message.contains("none are defined"));
+
+    let e = err(&BASE.replace("lists = [\"l1\"]", "lists = []"));
+    assert_eq!(e.key, "campaigns[0].lists");
+}
+
+#[test]
+fn value_errors() {
+    let cases = [
+        ("tier = \"1k\"", "tier = \"lots\"", "portfolios[0].tier"),
+        ("provider = \"simulator\"", "provider = \"twilio\"", "lines[0].provider"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nresponse_timeout = \"soon\"", "campaigns[0].response_timeout"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nretry_cron = \"every day\"", "campaigns[0].retry_cron"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nvariables = { \"1\" = \"colum:x\" }", "campaigns[0].variables.1"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nanswers = { \"YES\" = { action = \"dance\" } }", "campaigns[0].answers.YES.action"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nanswers = { \"YES\" = {}, \"yes \" = {} }", "campaigns[0].answers.yes "),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nstart_at = \"tomorrow\"", "campaigns[0].start_at"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nstart_at = \"2026-11-23T09:00:00-03:00\"\nend_at = 2026-11-22T09:00:00Z", "campaigns[0].end_at"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\nmax_attempts = 0", "campaigns[0].max_attempts"),
+        ("portfolio = \"acme\"", "portfolio = \"acme\"\nthroughput_mps = 0", "lines[0].throughput_mps"),
+    ];
+    for (from, to, key) in cases {
+        let e = err(&BASE.replace(from, to));
+        assert_eq!(e.key, key, "{to}: {e}");
+    }
+}
+
+#[test]
+fn meta_lines_need_their_ids_and_secret_names() {
+    let text = BASE.replace("provider = \"simulator\"", "provider = \"meta\"");
+    let e = err(&text);
+    assert_eq!(e.key, "lines[0].phone_number_id");
+    assert_eq!(e.message, "is required for a meta line");
+}
+
+#[test]
+fn time_group_errors() {
+    let tg = |body: &str| format!("{BASE}\n[[time_groups]]\nname = \"o\"\n{body}\n");
+    let e = err(&tg("timezone = \"Mars/Base\"\nwindows = [ { days = \"mon\", from = \"09:00\", to = \"10:00\" } ]"));
+    assert_eq!(e.key, "time_groups[0].timezone");
+    let e = err(&tg("timezone = \"UTC\"\nwindows = [ { days = \"mon\", from = \"09:00\", to = \"10:00\" }, { days = \"funday\", from = \"09:00\", to = \"10:00\" } ]"));
+    assert_eq!(e.key, "time_groups[0].windows[1]");
+    let e = err(&tg(
+        "timezone = \"UTC\"\nwindows = [ { days = \"mon\", from = \"19:00\", to = \"10:00\" } ]",
+    ));
+    assert!(e.message.contains("overnight"), "{e}");
+    let e = err(&tg("timezone = \"UTC\"\nwindows = [ { days = \"mon\", from = \"09:00\", to = \"10:00\" } ]\nholidays = [\"25/12\"]"));
+    assert_eq!(e.key, "time_groups[0].holidays[0]");
+}
+
+#[test]
+fn duplicate_names() {
+    let e = err(&format!(
+        "{BASE}\n[[lines]]\nname = \"main\"\nprovider = \"simulator\"\n"
+    ));
+    assert_eq!(e.key, "lines[1].name");
+    assert!(e.message.contains("defined twice"));
+}
+
+#[test]
+fn line_without_portfolio_gets_its_own() {
+    let cfg = parse(&BASE.replace("portfolio = \"acme\"", "tier = \"2k\"")).unwrap();
+    assert_eq!(cfg.lines[0].portfolio, "main");
+    assert_eq!(cfg.portfolio("main").unwrap().tier, Tier::Limited(2000));
+}
+
+#[test]
+fn secrets_come_from_env_and_never_print() {
+    let cfg = parse(&BASE.replace(
+        "provider = \"simulator\"",
+        "provider = \"simulator\"\naccess_token_env = \"TIERCAST_TEST_TOKEN_X\"",
+    ))
+    .unwrap();
+    let line = &cfg.lines[0];
+    let e = cfg
+        .secret(
+            &line.key,
+            "access_token_env",
+            line.access_token_env.as_deref(),
+        )
+        .unwrap_err();
+    assert_eq!(e.key, "lines[0].access_token_env");
+    assert_eq!(
+        e.message,
+        "environment variable TIERCAST_TEST_TOKEN_X is not set"
+    );
+    std::env::set_var("TIERCAST_TEST_TOKEN_X", "s3cr3t-value");
+    let s = cfg
+        .secret(
+            &line.key,
+            "access_token_env",
+            line.access_token_env.as_deref(),
+        )
+        .unwrap();
+    assert_eq!(s.expose(), "s3cr3t-value");
+    assert!(!format!("{s:?} {s}").contains("s3cr3t"));
+}
+
+#[test]
+fn five_field_crontab_is_accepted() {
+    assert!(parse_cron("*/15 * * * *").is_ok());
+    assert!(parse_cron("0 0 */2 * * *").is_ok());
+    assert!(parse_cron("61 * * * *").is_err());
+}

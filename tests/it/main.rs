@@ -1,0 +1,6 @@
+//! Integration tests: the real store on a fresh database per test, the real binary where the
+//! behaviour is the command line's.
+
+mod campaigns;
+mod helpers;
+mod import;

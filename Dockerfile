@@ -1,5 +1,5 @@
 # Two stages: build with the Rust toolchain, run on a slim Debian with only the binary.
-FROM rust:1.85-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

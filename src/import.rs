@@ -459,7 +459,10 @@ impl Rejects {
             source: std::io::Error::other(e),
         };
         if self.writer.is_none() {
-            let mut w = csv::WriterBuilder::new().flexible(true).from_path(path).map_err(io)?;
+            let mut w = csv::WriterBuilder::new()
+                .flexible(true)
+                .from_path(path)
+                .map_err(io)?;
             let mut head = vec!["line".to_string(), "reason".to_string()];
             head.extend(header.iter().cloned());
             w.write_record(&head).map_err(io)?;

@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(p.as_str(), "+16505551234");
         let p = Phone::parse("+44 7911 123456", br()).unwrap();
         assert_eq!(p.as_str(), "+447911123456");
-        assert_eq!(Phone::parse("+5511987654321", None).unwrap().region(), Some(country::Id::BR));
+        assert_eq!(
+            Phone::parse("+5511987654321", None).unwrap().region(),
+            Some(country::Id::BR)
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Hopper loading (SPEC §2 rules 1–2) and the campaign state machine.
 
+use crate::both_backends;
 use crate::helpers::*;
 use tiercast::campaign::{self, CampaignError};
 use tiercast::domain::{CampaignCommand as Cmd, CampaignState};
@@ -17,20 +18,36 @@ async fn seed(db: &TestDb) {
         "a.csv",
         "phone,name,opt_in\n+5511900000001,A,yes\n+5511900000002,B,no\n+5511900000003,C,yes\n+5511900000004,D,yes\n",
     );
-    let b = db.write("b.csv", "phone,name,opt_in\n+5511900000001,A,yes\n+5511900000005,E,yes\n");
-    import::import(&db.store, &db.clock, &FileSource(a), &opts("a")).await.unwrap();
-    import::import(&db.store, &db.clock, &FileSource(b), &opts("b")).await.unwrap();
-    db.store.add_opt_out("+5511900000003", "STOP", "keyword", 0).await.unwrap();
-    db.store.add_to_blacklist("+5511900000004", "abusive", 0).await.unwrap();
+    let b = db.write(
+        "b.csv",
+        "phone,name,opt_in\n+5511900000001,A,yes\n+5511900000005,E,yes\n",
+    );
+    import::import(&db.store, &db.clock, &FileSource(a), &opts("a"))
+        .await
+        .unwrap();
+    import::import(&db.store, &db.clock, &FileSource(b), &opts("b"))
+        .await
+        .unwrap();
+    db.store
+        .add_opt_out("+5511900000003", "STOP", "keyword", 0)
+        .await
+        .unwrap();
+    db.store
+        .add_to_blacklist("+5511900000004", "abusive", 0)
+        .await
+        .unwrap();
 }
 
-#[tokio::test]
-async fn load_rules_once_per_contact_with_exclusions_closed() {
-    let db = fresh_db().await;
+both_backends!(load_rules_once_per_contact_with_exclusions_closed);
+async fn load_rules_once_per_contact_with_exclusions_closed(db: TestDb) {
     seed(&db).await;
     let cfg = config(ONE_CAMPAIGN);
-    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start).await.unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap()).await.unwrap();
+    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start)
+        .await
+        .unwrap();
+    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+        .await
+        .unwrap();
     // A is on both lists: one row.
     assert_eq!(s.hopper["total"], 5);
     assert_eq!(s.hopper["fresh"], 2); // A, E
@@ -41,13 +58,35 @@ async fn load_rules_once_per_contact_with_exclusions_closed() {
     assert_eq!(s.state, CampaignState::Running);
 
     // Without require_opt_in, B is eligible; opt-outs and blacklist still close.
-    campaign::command(&db.store, &db.clock, &cfg, "c2", Cmd::Start).await.unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c2").unwrap()).await.unwrap();
-    assert_eq!((s.hopper["total"], s.hopper["fresh"], s.outcomes["no_opt_in"]), (4, 2, 0));
+    campaign::command(&db.store, &db.clock, &cfg, "c2", Cmd::Start)
+        .await
+        .unwrap();
+    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c2").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            s.hopper["total"],
+            s.hopper["fresh"],
+            s.outcomes["no_opt_in"]
+        ),
+        (4, 2, 0)
+    );
 
     // The JSON carries every key of SPEC §5.1.
     let json = serde_json::to_value(&s).unwrap();
-    for key in ["name", "state", "paused_reason", "hopper", "outcomes", "answers", "sent", "delivered", "read", "waiting_for_tier"] {
+    for key in [
+        "name",
+        "state",
+        "paused_reason",
+        "hopper",
+        "outcomes",
+        "answers",
+        "sent",
+        "delivered",
+        "read",
+        "waiting_for_tier",
+    ] {
         assert!(json.get(key).is_some(), "missing {key}");
     }
     for key in ["total", "fresh", "retry", "pending", "closed"] {
@@ -56,52 +95,105 @@ async fn load_rules_once_per_contact_with_exclusions_closed() {
     assert_eq!(json["outcomes"].as_object().unwrap().len(), 11);
 }
 
-#[tokio::test]
-async fn transitions_persist_and_refusals_are_clear() {
-    let db = fresh_db().await;
+both_backends!(transitions_persist_and_refusals_are_clear);
+async fn transitions_persist_and_refusals_are_clear(db: TestDb) {
     seed(&db).await;
     let cfg = config(ONE_CAMPAIGN);
-    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Pause).await.unwrap_err();
-    assert_eq!(err.to_string(), "cannot pause campaign \"c1\": it has not been started");
-    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start).await.unwrap();
-    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start).await.unwrap_err();
+    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Pause)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot pause campaign \"c1\": it has not been started"
+    );
+    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start)
+        .await
+        .unwrap();
+    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("already running"));
-    let row = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Pause).await.unwrap();
+    let row = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Pause)
+        .await
+        .unwrap();
     assert_eq!(row.state, CampaignState::Paused);
 
     // Contacts imported while paused join on resume.
     let more = db.write("m.csv", "phone,opt_in\n+5511900000006,yes\n");
-    let opts = ImportOptions { list: "b".into(), default_country: None, opt_in: false, batch_size: 10, progress: false };
-    import::import(&db.store, &db.clock, &FileSource(more), &opts).await.unwrap();
-    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Resume).await.unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap()).await.unwrap();
+    let opts = ImportOptions {
+        list: "b".into(),
+        default_country: None,
+        opt_in: false,
+        batch_size: 10,
+        progress: false,
+    };
+    import::import(&db.store, &db.clock, &FileSource(more), &opts)
+        .await
+        .unwrap();
+    campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Resume)
+        .await
+        .unwrap();
+    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+        .await
+        .unwrap();
     assert_eq!((s.hopper["total"], s.hopper["fresh"]), (6, 3));
 
-    let row = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Stop).await.unwrap();
+    let row = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Stop)
+        .await
+        .unwrap();
     assert_eq!(row.state, CampaignState::Stopped);
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap()).await.unwrap();
+    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+        .await
+        .unwrap();
     assert_eq!((s.hopper["fresh"], s.outcomes["stopped"]), (0, 3));
 
-    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start).await.unwrap_err();
+    let err = campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start)
+        .await
+        .unwrap_err();
     assert_eq!(
         err.to_string(),
         "cannot start campaign \"c1\": it is stopped, which is final; define a new campaign to send again"
     );
     // The state survives a reopen of the database.
     let reopened = tiercast::store::Store::open(&db.url).await.unwrap();
-    assert_eq!(reopened.campaign_by_name("c1").await.unwrap().unwrap().state, CampaignState::Stopped);
+    assert_eq!(
+        reopened
+            .campaign_by_name("c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        CampaignState::Stopped
+    );
 }
 
-#[tokio::test]
-async fn unknown_campaigns_and_missing_lists_are_refused() {
-    let db = fresh_db().await;
+both_backends!(unknown_campaigns_and_missing_lists_are_refused);
+async fn unknown_campaigns_and_missing_lists_are_refused(db: TestDb) {
     let cfg = config(ONE_CAMPAIGN);
-    let err = campaign::command(&db.store, &db.clock, &cfg, "nope", Cmd::Start).await.unwrap_err();
-    assert_eq!(err.to_string(), "no campaign named \"nope\" in test.toml (defined: c1, c2)");
-    let err = campaign::command(&db.store, &db.clock, &cfg, "c2", Cmd::Start).await.unwrap_err();
+    let err = campaign::command(&db.store, &db.clock, &cfg, "nope", Cmd::Start)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no campaign named \"nope\" in test.toml (defined: c1, c2)"
+    );
+    let err = campaign::command(&db.store, &db.clock, &cfg, "c2", Cmd::Start)
+        .await
+        .unwrap_err();
     assert!(matches!(err, CampaignError::NotStartable { .. }));
-    assert!(err.to_string().contains("list \"a\" does not exist"), "{err}");
-    assert_eq!(db.store.campaign_by_name("c2").await.unwrap().unwrap().state, CampaignState::Draft);
+    assert!(
+        err.to_string().contains("list \"a\" does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        db.store
+            .campaign_by_name("c2")
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        CampaignState::Draft
+    );
 }
 
 #[test]
@@ -109,7 +201,11 @@ fn cli_exit_codes_and_messages() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("t.toml");
     std::fs::write(&cfg, ONE_CAMPAIGN).unwrap();
-    std::fs::write(dir.path().join("a.csv"), "phone,opt_in\n+5511900000001,yes\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.csv"),
+        "phone,opt_in\n+5511900000001,yes\n",
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         std::process::Command::new(binary())
             .args(args)
@@ -120,9 +216,16 @@ fn cli_exit_codes_and_messages() {
             .unwrap()
     };
     let out = run(&["import", "a.csv", "--list", "a"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).split(" — ").next().unwrap(),
+        String::from_utf8_lossy(&out.stdout)
+            .split(" — ")
+            .next()
+            .unwrap(),
         "list a: imported 1, updated 0, duplicate 0, invalid 0"
     );
     assert!(run(&["campaign", "start", "c2"]).status.success());
@@ -140,5 +243,8 @@ fn cli_exit_codes_and_messages() {
     let out = run(&["campaign", "list"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("t.toml:2: server.lisen: unknown field `lisen`"), "{stderr}");
+    assert!(
+        stderr.contains("t.toml:2: server.lisen: unknown field `lisen`"),
+        "{stderr}"
+    );
 }

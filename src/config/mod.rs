@@ -865,7 +865,7 @@ impl Validator<'_> {
             }
         }
         for (var, source) in &raw.variables {
-            validate_variable_source(source)
+            crate::domain::template::parse_source(source)
                 .map_err(|why| self.err(format!("{key}.variables.{var}"), why))?;
         }
         let start_at = self.datetime(&format!("{key}.start_at"), raw.start_at)?;
@@ -969,25 +969,6 @@ pub fn parse_cron(expr: &str) -> Result<cron::Schedule, String> {
         expr.to_string()
     };
     cron::Schedule::from_str(&full).map_err(|e| format!("{expr:?} is not a cron expression ({e})"))
-}
-
-/// A variable mapping value: `name`, `email`, `phone`, `field:NAME`, `literal:TEXT`, or a
-/// fallback chain of those joined by `|` (the first non-empty value wins).
-pub fn validate_variable_source(source: &str) -> Result<(), String> {
-    for alt in source.split('|') {
-        let alt = alt.trim();
-        let ok = matches!(alt, "name" | "email" | "phone")
-            || alt
-                .strip_prefix("field:")
-                .is_some_and(|f| !f.trim().is_empty())
-            || alt.starts_with("literal:");
-        if !ok {
-            return Err(format!(
-                "{alt:?} is not a value source (use name, email, phone, field:NAME or literal:TEXT, joined by | for fallbacks)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

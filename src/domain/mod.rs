@@ -1,7 +1,9 @@
 //! Pure types and rules, no I/O: phone numbers, hopper words, tiers, time groups.
 
+pub mod error_class;
 pub mod hopper;
 pub mod phone;
+pub mod template;
 pub mod text;
 pub mod tier;
 pub mod timegroup;

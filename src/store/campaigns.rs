@@ -280,3 +280,34 @@ impl Store {
         Ok(n)
     }
 }
+
+impl Store {
+    pub async fn campaign_name(&self, id: i64) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT name FROM campaigns WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Closes every open row (fresh, retry, pending) of a phone number in every campaign:
+    /// used when the contact opts out.
+    pub async fn close_open_rows_of_phone(
+        &self,
+        phone: &str,
+        outcome: Outcome,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE hopper SET state = 'closed', outcome = $2, closed_at = $3, updated_at = $3, inflight_attempt_id = NULL \
+             WHERE state <> 'closed' AND contact_id IN (SELECT id FROM contacts WHERE phone = $1)",
+        )
+        .bind(phone)
+        .bind(outcome.as_str())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}

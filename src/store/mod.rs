@@ -8,9 +8,14 @@
 
 mod campaigns;
 mod contacts;
+mod dispatch;
+mod templates;
 
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
+pub use dispatch::{
+    status_rank, Claimed, FailureAction, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN,
+};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;

@@ -4,3 +4,5 @@
 mod campaigns;
 mod helpers;
 mod import;
+mod sim_api;
+mod webhook_corpus;

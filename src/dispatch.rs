@@ -1,0 +1,662 @@
+//! The dispatcher: claim → pace → render → send → record, one task per line.
+//!
+//! ```text
+//!   running campaigns of the line (time group open, inside start/end)
+//!        │ claim_due (short transaction: attempt row written, row held)
+//!        ▼
+//!   throughput limiter (GCRA, burst 1) ─▶ render (CompiledMapping) ─▶ provider.send_template
+//!        │ accepted → pending                    │ error → classify (domain::error_class)
+//!        ▼                                       ▼
+//!   settle_accepted                 requeue / retry / close / pause campaign / unknown
+//! ```
+//!
+//! No database transaction is open during the HTTP call. [`Dispatcher::dispatch_once`] is the
+//! step function tests drive; [`Dispatcher::run_line`] is the daemon's loop around the same
+//! pieces, with many sends in flight.
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::{Campaign, Config};
+use crate::domain::error_class::{Classification, ErrorClass};
+use crate::domain::template::{CompiledMapping, ContactFields, TemplateDef};
+use crate::domain::{CampaignState, Outcome};
+use crate::lines::LineRuntime;
+use crate::metrics as m;
+use crate::provider::{Provider, SendError, TemplateMessage};
+use crate::store::{Claimed, FailureAction, Store, StoreError, AWAITING_RETRY_RUN};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Prefix of our `biz_opaque_callback_data`, so data other systems put there is never misread.
+pub const CALLBACK_PREFIX: &str = "tc:";
+
+pub fn callback_data(attempt_id: i64) -> String {
+    format!("{CALLBACK_PREFIX}{attempt_id}")
+}
+
+pub fn parse_callback_data(data: &str) -> Option<i64> {
+    data.strip_prefix(CALLBACK_PREFIX)?.parse().ok()
+}
+
+/// Longest automatic backoff between two tries of one contact.
+const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+/// How long a throttled row waits when the error names no delay.
+const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+/// The pair rate limit: one message per contact per 6 s (reference §4.3).
+const PAIR_RATE_DELAY: Duration = Duration::from_secs(6);
+
+/// A running campaign ready to send: its template checked and its mapping compiled.
+pub struct ActiveCampaign {
+    pub id: i64,
+    pub config: Campaign,
+    pub template: TemplateDef,
+    pub mapping: CompiledMapping,
+    paused: AtomicBool,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub claimed: usize,
+    pub accepted: usize,
+    pub failed: usize,
+    pub unknown: usize,
+    pub reconciled: u64,
+    /// Campaigns this pass paused, with the reason.
+    pub paused: Vec<(String, String)>,
+    pub completed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendResult {
+    Accepted,
+    Failed,
+    Unknown,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    store: Store,
+    clock: SharedClock,
+    config: Arc<Config>,
+    lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: Arc<Config>,
+        lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    ) -> Self {
+        Dispatcher {
+            store,
+            clock,
+            config,
+            lines,
+        }
+    }
+
+    fn now(&self) -> Millis {
+        self.clock.now_millis()
+    }
+
+    /// The campaigns of `line` that may send now. Housekeeping on the way: campaigns past
+    /// their end expire their unsent rows, campaigns with nothing left complete, campaigns
+    /// whose template cannot be sent pause with the reason.
+    pub async fn active_campaigns(
+        &self,
+        line: &str,
+        report: &mut PassReport,
+    ) -> Result<Vec<Arc<ActiveCampaign>>, StoreError> {
+        let now = self.now();
+        let now_t = self.clock.now();
+        let mut out = Vec::new();
+        for campaign in self.config.campaigns.iter().filter(|c| c.line == line) {
+            let row = self.store.ensure_campaign(&campaign.name, now).await?;
+            if row.state != CampaignState::Running {
+                continue;
+            }
+            if campaign.end_at.is_some_and(|end| now_t >= end) {
+                self.store
+                    .close_unsent(row.id, Outcome::Expired, now)
+                    .await?;
+            }
+            if self.store.open_rows(row.id).await? == 0 {
+                if self
+                    .store
+                    .transition_campaign(
+                        row.id,
+                        CampaignState::Running,
+                        CampaignState::Completed,
+                        None,
+                        now,
+                    )
+                    .await?
+                {
+                    tracing::info!(campaign = %campaign.name, "campaign completed: every contact has its outcome");
+                    report.completed.push(campaign.name.clone());
+                }
+                continue;
+            }
+            if campaign.start_at.is_some_and(|start| now_t < start)
+                || !self.config.time_group_for(campaign).is_open(now_t)
+            {
+                continue;
+            }
+            let prepared = match self
+                .store
+                .template(line, &campaign.template.name, &campaign.template.language)
+                .await?
+            {
+                None => Err(format!(
+                    "template {} ({}) is not known on line {line}; run `tiercast templates sync`",
+                    campaign.template.name, campaign.template.language
+                )),
+                Some(def) if !def.is_approved() => Err(format!(
+                    "template {} ({}) is {}, not APPROVED",
+                    def.name, def.language, def.status
+                )),
+                Some(def) => CompiledMapping::new(&def, &campaign.variables)
+                    .map(|mapping| (def, mapping))
+                    .map_err(|e| {
+                        format!(
+                            "template {} ({}): {e}",
+                            campaign.template.name, campaign.template.language
+                        )
+                    }),
+            };
+            match prepared {
+                Ok((template, mapping)) => out.push(Arc::new(ActiveCampaign {
+                    id: row.id,
+                    config: campaign.clone(),
+                    template,
+                    mapping,
+                    paused: AtomicBool::new(false),
+                })),
+                Err(reason) => {
+                    self.pause(row.id, &campaign.name, &reason).await?;
+                    report.paused.push((campaign.name.clone(), reason));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pause(&self, campaign_id: i64, name: &str, reason: &str) -> Result<bool, StoreError> {
+        let moved = self
+            .store
+            .transition_campaign(
+                campaign_id,
+                CampaignState::Running,
+                CampaignState::Paused,
+                Some(reason),
+                self.now(),
+            )
+            .await?;
+        if moved {
+            tracing::error!(campaign = %name, %reason, "campaign paused");
+            m::campaign_paused(name);
+        }
+        Ok(moved)
+    }
+
+    fn max_attempts(&self) -> HashMap<i64, i64> {
+        HashMap::new()
+    }
+
+    /// Abandons attempts whose fate stayed unknown past `reconcile_after` (their contacts
+    /// become due again).
+    pub async fn reconcile(
+        &self,
+        line: &str,
+        campaigns: &[Arc<ActiveCampaign>],
+    ) -> Result<u64, StoreError> {
+        let mut max = self.max_attempts();
+        for c in campaigns {
+            max.insert(c.id, i64::from(c.config.max_attempts));
+        }
+        let n = self.store.reconcile_stale(line, self.now(), &max).await?;
+        if n > 0 {
+            tracing::warn!(
+                line,
+                count = n,
+                "attempts with no news within reconcile_after: contacts will be sent again"
+            );
+        }
+        Ok(n)
+    }
+
+    /// One deterministic pass over a line: reconcile, then claim up to `limit` due rows across
+    /// its running campaigns and send them all, waiting for every answer.
+    pub async fn dispatch_once(&self, line: &str, limit: usize) -> Result<PassReport, StoreError> {
+        let rt = self.line(line)?;
+        let mut report = PassReport::default();
+        let campaigns = self.active_campaigns(line, &mut report).await?;
+        report.reconciled = self.reconcile(line, &campaigns).await?;
+        let mut sends = JoinSet::new();
+        for (campaign, row) in self.claim(&rt, &campaigns, limit).await? {
+            report.claimed += 1;
+            rt.limiter.until_ready().await;
+            let this = self.clone();
+            let rt = rt.clone();
+            sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
+        }
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok(Ok(SendResult::Accepted)) => report.accepted += 1,
+                Ok(Ok(SendResult::Failed)) => report.failed += 1,
+                Ok(Ok(SendResult::Unknown)) => report.unknown += 1,
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(StoreError::Corrupt(format!("send task failed: {e}"))),
+            }
+        }
+        for c in &campaigns {
+            if c.paused.load(Ordering::SeqCst) {
+                if let Some(row) = self.store.campaign_by_name(&c.config.name).await? {
+                    report
+                        .paused
+                        .push((c.config.name.clone(), row.paused_reason.unwrap_or_default()));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn line(&self, line: &str) -> Result<Arc<LineRuntime>, StoreError> {
+        self.lines
+            .get(line)
+            .cloned()
+            .ok_or_else(|| StoreError::Corrupt(format!("line {line:?} is not configured")))
+    }
+
+    /// Claims due rows, sharing `limit` between campaigns by weight so a large campaign does
+    /// not starve a small one; what one leaves unused goes to the others.
+    async fn claim(
+        &self,
+        rt: &LineRuntime,
+        campaigns: &[Arc<ActiveCampaign>],
+        limit: usize,
+    ) -> Result<Vec<(Arc<ActiveCampaign>, Claimed)>, StoreError> {
+        let mut out = Vec::new();
+        let total_weight: u64 = campaigns
+            .iter()
+            .map(|c| u64::from(c.config.weight))
+            .sum::<u64>()
+            .max(1);
+        let hold_until = self.now() + self.config.server.reconcile_after.as_millis() as Millis;
+        let mut left = limit;
+        for round in 0..2 {
+            for c in campaigns {
+                if left == 0 {
+                    break;
+                }
+                let share = if round == 0 {
+                    ((limit as u64 * u64::from(c.config.weight)).div_ceil(total_weight) as usize)
+                        .min(left)
+                } else {
+                    left
+                };
+                let rows = self
+                    .store
+                    .claim_due(c.id, &rt.line.name, self.now(), hold_until, share)
+                    .await?;
+                left -= rows.len();
+                out.extend(rows.into_iter().map(|r| (c.clone(), r)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn send_one(
+        &self,
+        rt: &LineRuntime,
+        campaign: &ActiveCampaign,
+        row: Claimed,
+    ) -> Result<SendResult, StoreError> {
+        let line = rt.line.name.as_str();
+        let name = campaign.config.name.as_str();
+        if campaign.paused.load(Ordering::SeqCst) {
+            // The campaign broke while this row waited: give it back untouched.
+            self.store
+                .record_failure(
+                    row.attempt_id,
+                    &FailureAction::Untouched,
+                    None,
+                    "campaign",
+                    "campaign paused before sending",
+                    self.now(),
+                )
+                .await?;
+            return Ok(SendResult::Failed);
+        }
+        let contact = ContactFields {
+            phone: row.phone,
+            name: row.name,
+            email: row.email,
+            fields: row.fields,
+        };
+        let components = match campaign.mapping.render(&contact) {
+            Ok(c) => c,
+            Err(e) if e.is_contact_level() => {
+                let action = FailureAction::Close {
+                    outcome: Outcome::Invalid,
+                };
+                self.store
+                    .record_failure(
+                        row.attempt_id,
+                        &action,
+                        None,
+                        "permanent",
+                        &e.to_string(),
+                        self.now(),
+                    )
+                    .await?;
+                return Ok(SendResult::Failed);
+            }
+            Err(e) => {
+                self.break_campaign(
+                    campaign,
+                    row.attempt_id,
+                    None,
+                    &format!("template {}: {e}", campaign.template.name),
+                )
+                .await?;
+                return Ok(SendResult::Failed);
+            }
+        };
+        let message = TemplateMessage {
+            to: contact.phone.clone(),
+            template_name: campaign.config.template.name.clone(),
+            language: campaign.config.template.language.clone(),
+            components,
+            callback_data: callback_data(row.attempt_id),
+        };
+        let started = Instant::now();
+        let result = rt.provider.send_template(&message).await;
+        m::send_latency(line, started.elapsed());
+        match result {
+            Ok(accepted) => {
+                let now = self.now();
+                let deadline = now + campaign.config.response_timeout.as_millis() as Millis;
+                self.store
+                    .settle_accepted(
+                        row.attempt_id,
+                        &accepted.wamid,
+                        accepted.wa_id.as_deref(),
+                        now,
+                        deadline,
+                    )
+                    .await?;
+                m::message_sent(line, name);
+                Ok(SendResult::Accepted)
+            }
+            Err(error) => {
+                self.failed(
+                    rt,
+                    campaign,
+                    &row_view(row.attempt_id, row.attempts, &contact.phone),
+                    error,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn failed(
+        &self,
+        rt: &LineRuntime,
+        campaign: &ActiveCampaign,
+        row: &RowView<'_>,
+        error: SendError,
+    ) -> Result<SendResult, StoreError> {
+        let c = error.classification();
+        let code = match &error {
+            SendError::Api { code, .. } => Some(*code),
+            _ => None,
+        };
+        m::send_failure(
+            &rt.line.name,
+            &campaign.config.name,
+            &error.code_label(),
+            c.class.as_str(),
+        );
+        if !c.known {
+            tracing::warn!(line = %rt.line.name, campaign = %campaign.config.name, code = ?code, error = %error,
+                "error code not in the classification table; treated as retryable");
+        }
+        let text = error.to_string();
+        let now = self.now();
+        let action = failure_action(&campaign.config, &c, row.attempts, now);
+        match c.class {
+            ErrorClass::Campaign => {
+                let reason = format!(
+                    "{} (error {}: {})",
+                    c.title,
+                    code.map(|c| c.to_string())
+                        .unwrap_or_else(|| error.code_label()),
+                    text
+                );
+                self.break_campaign(campaign, row.attempt_id, code, &reason)
+                    .await?;
+                Ok(SendResult::Failed)
+            }
+            ErrorClass::Ambiguous => {
+                tracing::warn!(line = %rt.line.name, attempt = row.attempt_id, error = %error,
+                    "send outcome unknown; waiting for a status webhook before sending again");
+                self.store
+                    .record_failure(row.attempt_id, &action, code, c.class.as_str(), &text, now)
+                    .await?;
+                Ok(SendResult::Unknown)
+            }
+            _ => {
+                if c.opt_out {
+                    self.store
+                        .add_opt_out(
+                            row.phone,
+                            "marketing opt-out reported by Meta",
+                            "131050",
+                            now,
+                        )
+                        .await?;
+                }
+                self.store
+                    .record_failure(row.attempt_id, &action, code, c.class.as_str(), &text, now)
+                    .await?;
+                Ok(SendResult::Failed)
+            }
+        }
+    }
+
+    /// A failure that is the campaign's fault: the row stays as it was, the campaign pauses.
+    async fn break_campaign(
+        &self,
+        campaign: &ActiveCampaign,
+        attempt_id: i64,
+        code: Option<i64>,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        campaign.paused.store(true, Ordering::SeqCst);
+        self.store
+            .record_failure(
+                attempt_id,
+                &FailureAction::Untouched,
+                code,
+                "campaign",
+                reason,
+                self.now(),
+            )
+            .await?;
+        self.pause(campaign.id, &campaign.config.name, reason)
+            .await?;
+        Ok(())
+    }
+
+    /// The daemon's loop for one line: keeps up to `max_in_flight` sends going while there are
+    /// due rows, sleeps briefly when there are none, stops claiming on shutdown and lets the
+    /// sends in flight finish (their outcome recorded) before returning.
+    pub async fn run_line(self, line: String, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Ok(rt) = self.line(&line) else { return };
+        let mut sends: JoinSet<Result<SendResult, StoreError>> = JoinSet::new();
+        let mut campaigns: Vec<Arc<ActiveCampaign>> = Vec::new();
+        let mut refreshed_at: Option<Instant> = None;
+        let capacity = rt.line.max_in_flight.max(1);
+        m::line_throughput(&line, rt.line.throughput_mps);
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while let Some(done) = sends.try_join_next() {
+                if let Ok(Err(e)) = done {
+                    tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                }
+            }
+            let stale = refreshed_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
+                || campaigns.iter().any(|c| c.paused.load(Ordering::SeqCst));
+            if stale {
+                let mut report = PassReport::default();
+                match self.active_campaigns(&line, &mut report).await {
+                    Ok(c) => campaigns = c,
+                    Err(e) => {
+                        tracing::error!(line = %line, error = %e, "cannot read campaigns; retrying");
+                        campaigns.clear();
+                    }
+                }
+                if let Err(e) = self.reconcile(&line, &campaigns).await {
+                    tracing::error!(line = %line, error = %e, "reconcile failed; retrying");
+                }
+                refreshed_at = Some(Instant::now());
+            }
+            let room = (capacity * 2).saturating_sub(sends.len());
+            let claimed = if room > 0 && !campaigns.is_empty() {
+                match self.claim(&rt, &campaigns, room.min(512)).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(line = %line, error = %e, "claiming rows failed; retrying");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            if claimed.is_empty() {
+                let idle = if sends.is_empty() {
+                    Duration::from_millis(200)
+                } else {
+                    Duration::from_millis(5)
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = shutdown.changed() => {}
+                    Some(done) = sends.join_next(), if !sends.is_empty() => {
+                        if let Ok(Err(e)) = done {
+                            tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                        }
+                    }
+                }
+                continue;
+            }
+            let mut claimed = claimed.into_iter();
+            for (campaign, row) in claimed.by_ref() {
+                tokio::select! {
+                    _ = rt.limiter.until_ready() => {}
+                    _ = shutdown.changed() => {
+                        // Give back this row and the rest of the batch untouched.
+                        let _ = self.store.record_failure(row.attempt_id, &FailureAction::Untouched, None, "shutdown", "daemon shutting down", self.now()).await;
+                        break;
+                    }
+                }
+                let this = self.clone();
+                let rt = rt.clone();
+                sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
+            }
+            for (_, row) in claimed {
+                let _ = self
+                    .store
+                    .record_failure(
+                        row.attempt_id,
+                        &FailureAction::Untouched,
+                        None,
+                        "shutdown",
+                        "daemon shutting down",
+                        self.now(),
+                    )
+                    .await;
+            }
+        }
+        while let Some(done) = sends.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(line = %line, error = %e, "recording a send failed during shutdown; the row will be reconciled");
+            }
+        }
+        tracing::info!(line = %line, "dispatcher stopped");
+    }
+}
+
+struct RowView<'a> {
+    attempt_id: i64,
+    attempts: i64,
+    phone: &'a str,
+}
+
+fn row_view(attempt_id: i64, attempts: i64, phone: &str) -> RowView<'_> {
+    RowView {
+        attempt_id,
+        attempts,
+        phone,
+    }
+}
+
+/// What a failure does to the row (SPEC §2 rule 4), from the classification and the
+/// campaign's retry policy. `attempts_before` is how many attempts were spent before this one.
+pub fn failure_action(
+    campaign: &Campaign,
+    c: &Classification,
+    attempts_before: i64,
+    now: Millis,
+) -> FailureAction {
+    let min_delay = c.min_delay.unwrap_or(Duration::ZERO);
+    match c.class {
+        ErrorClass::Throttled => {
+            let wait = if c.pair_rate {
+                // 4^n seconds for the pair rate limit (reference §2.4), at least 6 s.
+                PAIR_RATE_DELAY.max(Duration::from_secs(
+                    4u64.saturating_pow(attempts_before.clamp(1, 8) as u32),
+                ))
+            } else {
+                THROTTLE_DELAY.max(min_delay)
+            };
+            FailureAction::Requeue {
+                at: now + wait.as_millis() as Millis,
+            }
+        }
+        ErrorClass::Retryable => {
+            let at = if campaign.auto_retry {
+                let factor = 1u32 << attempts_before.clamp(0, 16) as u32;
+                let backoff = campaign
+                    .retry_backoff
+                    .saturating_mul(factor)
+                    .min(MAX_BACKOFF)
+                    .max(min_delay);
+                now + backoff.as_millis() as Millis
+            } else {
+                AWAITING_RETRY_RUN.max(now + min_delay.as_millis() as Millis)
+            };
+            FailureAction::Retry {
+                at,
+                max_attempts: i64::from(campaign.max_attempts),
+            }
+        }
+        ErrorClass::Permanent => FailureAction::Close {
+            outcome: if c.opt_out {
+                Outcome::OptedOut
+            } else {
+                Outcome::Failed
+            },
+        },
+        ErrorClass::Campaign => FailureAction::Untouched,
+        ErrorClass::Ambiguous => FailureAction::Unknown,
+    }
+}

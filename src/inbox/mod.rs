@@ -1,0 +1,189 @@
+//! The inbox: what webhook events mean for campaigns and contacts. Statuses move messages
+//! forward and settle attempts; failures are classified with the same table as synchronous
+//! errors (SPEC §2 rule 6); template and preference events update templates and opt-outs.
+
+use crate::clock::{Millis, SharedClock};
+use crate::config::Config;
+use crate::dispatch::{failure_action, parse_callback_data};
+use crate::domain::error_class::{classify_meta, ErrorClass};
+use crate::domain::{CampaignState, Outcome};
+use crate::metrics as m;
+use crate::store::{FailureAction, StatusUpdate, Store, StoreError};
+use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct Inbox {
+    store: Store,
+    clock: SharedClock,
+    config: Arc<Config>,
+}
+
+impl Inbox {
+    pub fn new(store: Store, clock: SharedClock, config: Arc<Config>) -> Self {
+        Inbox {
+            store,
+            clock,
+            config,
+        }
+    }
+
+    /// The line a webhook's `metadata.phone_number_id` belongs to.
+    fn line_of(&self, phone_number_id: &str) -> Option<&str> {
+        self.config
+            .lines
+            .iter()
+            .find(|l| l.phone_number_id == phone_number_id)
+            .map(|l| l.name.as_str())
+    }
+
+    /// Applies a webhook's events in order. An error means nothing after it was applied; the
+    /// caller answers non-200 so the provider delivers the webhook again (every step here is
+    /// idempotent, so the replay is safe).
+    pub async fn apply(&self, events: &[MetaEvent]) -> Result<(), StoreError> {
+        for event in events {
+            m::webhook_event(event.kind());
+            match event {
+                MetaEvent::Status(status) => self.on_status(status).await?,
+                MetaEvent::TemplateStatus {
+                    name,
+                    language,
+                    event,
+                    ..
+                } => {
+                    let n = self
+                        .store
+                        .set_template_status(name, language, event, self.clock.now_millis())
+                        .await?;
+                    tracing::info!(template = %name, %language, status = %event, templates = n, "template status changed");
+                }
+                MetaEvent::UserPreference {
+                    wa_id,
+                    value,
+                    category,
+                    ..
+                } if !wa_id.is_empty() => {
+                    let phone = format!("+{}", wa_id.trim_start_matches('+'));
+                    if value == "stop" && category.contains("marketing") {
+                        self.opt_out(&phone, "user_preferences stop", "user_preferences")
+                            .await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn opt_out(&self, phone: &str, reason: &str, source: &str) -> Result<(), StoreError> {
+        let now = self.clock.now_millis();
+        if self.store.add_opt_out(phone, reason, source, now).await? {
+            tracing::info!(source, "contact opted out");
+        }
+        self.store
+            .close_open_rows_of_phone(phone, Outcome::OptedOut, now)
+            .await?;
+        Ok(())
+    }
+
+    async fn on_status(&self, ev: &StatusEvent) -> Result<(), StoreError> {
+        let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
+        m::message_status(line, ev.status.as_str());
+        let attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
+        let at: Millis = ev.timestamp.saturating_mul(1000);
+        // A webhook that names an attempt still in flight settles it: its campaign's response
+        // timeout gives the pending row its deadline.
+        let mut deadline = at;
+        if let Some(id) = attempt_id {
+            if let Some((_, campaign_id, _)) = self.store.attempt_owner(id).await? {
+                if let Some(c) = self.campaign_config(campaign_id).await? {
+                    deadline = at + c.response_timeout.as_millis() as Millis;
+                }
+            }
+        }
+        let error = ev.errors.first();
+        let update = StatusUpdate {
+            wamid: &ev.wamid,
+            attempt_id,
+            status: ev.status.as_str(),
+            at,
+            error_code: error.map(|e| e.code),
+            error_text: error.map(|e| e.title.as_str()),
+        };
+        let Some(target) = self.store.apply_status(&update, deadline).await? else {
+            return Ok(()); // not one of our campaign messages
+        };
+        if ev.status != MessageStatus::Failed || !target.advanced {
+            return Ok(());
+        }
+        let Some(campaign) = self.campaign_config(target.campaign_id).await? else {
+            return Ok(());
+        };
+        let code = error.map(|e| e.code).unwrap_or(131000);
+        let mut c = classify_meta(code);
+        if c.class == ErrorClass::Ambiguous {
+            // A failed status is a certain failure, not an unknown fate: retry with backoff.
+            c.class = ErrorClass::Retryable;
+        }
+        let text = error
+            .map(|e| format!("{} ({code})", e.title))
+            .unwrap_or_else(|| "failed without an error".into());
+        m::send_failure(line, &campaign.name, &code.to_string(), c.class.as_str());
+        let now = self.clock.now_millis();
+        if c.opt_out {
+            self.store
+                .add_opt_out(
+                    &target.contact_phone,
+                    "marketing opt-out reported by Meta (131050)",
+                    "131050",
+                    now,
+                )
+                .await?;
+        }
+        // The failed attempt was counted when it was accepted.
+        let action = failure_action(&campaign, &c, (target.attempts - 1).max(0), now);
+        if c.class == ErrorClass::Campaign {
+            let reason = format!("{} (error {code} in a status webhook)", c.title);
+            if let Some(row) = self.store.campaign_by_name(&campaign.name).await? {
+                if self
+                    .store
+                    .transition_campaign(
+                        row.id,
+                        CampaignState::Running,
+                        CampaignState::Paused,
+                        Some(&reason),
+                        now,
+                    )
+                    .await?
+                {
+                    tracing::error!(campaign = %campaign.name, %reason, "campaign paused");
+                    m::campaign_paused(&campaign.name);
+                }
+            }
+            self.store
+                .fail_pending(
+                    target.hopper_id,
+                    &FailureAction::Untouched,
+                    code,
+                    &text,
+                    now,
+                )
+                .await?;
+        } else {
+            self.store
+                .fail_pending(target.hopper_id, &action, code, &text, now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn campaign_config(
+        &self,
+        campaign_id: i64,
+    ) -> Result<Option<crate::config::Campaign>, StoreError> {
+        let Some(name) = self.store.campaign_name(campaign_id).await? else {
+            return Ok(None);
+        };
+        Ok(self.config.campaign(&name).cloned())
+    }
+}

@@ -1,0 +1,162 @@
+//! Lines at run time: each configured line with its provider client, its throughput limiter
+//! and its webhook secrets, built once at start from the config and the environment.
+
+use crate::config::{Config, ConfigError, Line, ProviderKind, Secret};
+use crate::provider::meta::{MetaClient, MetaSettings};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Credentials of a `simulator` line that names none: the built-in simulator accepts them.
+pub const SIM_ACCESS_TOKEN: &str = "sim-access-token";
+pub const SIM_APP_SECRET: &str = "sim-app-secret";
+pub const SIM_VERIFY_TOKEN: &str = "sim-verify-token";
+/// The Graph API version path the simulator serves, like Meta's.
+pub const SIM_API_VERSION: &str = "v23.0";
+
+pub struct LineRuntime {
+    pub line: Line,
+    pub provider: MetaClient,
+    pub limiter: DefaultDirectRateLimiter,
+    pub app_secret: Secret,
+    pub verify_token: Option<Secret>,
+    pub waba_id: String,
+}
+
+impl std::fmt::Debug for LineRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineRuntime")
+            .field("line", &self.line.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The waba id a simulator line uses when the config gives none.
+pub fn sim_waba_id(line: &Line) -> String {
+    line.waba_id
+        .clone()
+        .unwrap_or_else(|| format!("sim-waba-{}", line.name))
+}
+
+/// A limiter that lets `mps` messages through per second, spaced evenly (burst of one), so no
+/// one-second window ever holds more than the line's throughput.
+pub fn throughput_limiter(mps: u32) -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(mps.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(NonZeroU32::MIN))
+}
+
+/// Builds every line. `simulator_base` is the in-process simulator's URL (e.g.
+/// `http://127.0.0.1:4100`) for `simulator` lines without an `api_base` of their own.
+pub fn build(
+    config: &Config,
+    simulator_base: Option<&str>,
+) -> Result<HashMap<String, Arc<LineRuntime>>, ConfigError> {
+    let mut out = HashMap::new();
+    for line in &config.lines {
+        let rt = match line.provider {
+            ProviderKind::Meta => {
+                let token = config.secret(
+                    &line.key,
+                    "access_token_env",
+                    line.access_token_env.as_deref(),
+                )?;
+                let app_secret =
+                    config.secret(&line.key, "app_secret_env", line.app_secret_env.as_deref())?;
+                let verify_token = match &line.verify_token_env {
+                    Some(v) => Some(config.secret(&line.key, "verify_token_env", Some(v))?),
+                    None => None,
+                };
+                let base = line.api_base.clone().unwrap_or_default();
+                let waba_id = line.waba_id.clone().unwrap_or_default();
+                runtime(
+                    config,
+                    line,
+                    &base,
+                    token,
+                    app_secret,
+                    verify_token,
+                    waba_id,
+                )?
+            }
+            ProviderKind::Simulator => {
+                let optional = |field: &str, env: &Option<String>, default: &str| match env {
+                    Some(var) => config.secret(&line.key, field, Some(var)),
+                    None => Ok(Secret::new(default)),
+                };
+                let token = optional("access_token_env", &line.access_token_env, SIM_ACCESS_TOKEN)?;
+                let app_secret = optional("app_secret_env", &line.app_secret_env, SIM_APP_SECRET)?;
+                let verify =
+                    optional("verify_token_env", &line.verify_token_env, SIM_VERIFY_TOKEN)?;
+                let base = match (&line.api_base, simulator_base) {
+                    (Some(b), _) => b.clone(),
+                    (None, Some(sim)) => format!("{}/{SIM_API_VERSION}", sim.trim_end_matches('/')),
+                    (None, None) => {
+                        return Err(ConfigError {
+                            file: config.source.clone(),
+                            line: None,
+                            key: format!("{}.api_base", line.key),
+                            message:
+                                "a simulator line needs api_base when no simulator runs in-process"
+                                    .into(),
+                        })
+                    }
+                };
+                runtime(
+                    config,
+                    line,
+                    &base,
+                    token,
+                    app_secret,
+                    Some(verify),
+                    sim_waba_id(line),
+                )?
+            }
+            ProviderKind::Gupshup => {
+                return Err(ConfigError {
+                    file: config.source.clone(),
+                    line: None,
+                    key: format!("{}.provider", line.key),
+                    message: "the gupshup provider is not available in this build yet".into(),
+                })
+            }
+        };
+        out.insert(line.name.clone(), Arc::new(rt));
+    }
+    Ok(out)
+}
+
+fn runtime(
+    config: &Config,
+    line: &Line,
+    api_base: &str,
+    token: Secret,
+    app_secret: Secret,
+    verify_token: Option<Secret>,
+    waba_id: String,
+) -> Result<LineRuntime, ConfigError> {
+    let provider = MetaClient::new(MetaSettings {
+        api_base: api_base.to_string(),
+        phone_number_id: line.phone_number_id.clone(),
+        waba_id: waba_id.clone(),
+        access_token: token.expose().to_string(),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(20),
+        max_in_flight: line.max_in_flight,
+    })
+    .map_err(|e| ConfigError {
+        file: config.source.clone(),
+        line: None,
+        key: format!("{}.api_base", line.key),
+        message: e.to_string(),
+    })?;
+    Ok(LineRuntime {
+        line: line.clone(),
+        provider,
+        limiter: throughput_limiter(line.throughput_mps),
+        app_secret,
+        verify_token,
+        waba_id,
+    })
+}

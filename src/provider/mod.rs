@@ -1,0 +1,186 @@
+//! The provider interface the dispatcher and the inbox talk to, and the errors a provider call
+//! can end with. Each implementation (Meta Cloud API here; Gupshup and the simulator elsewhere)
+//! maps its own failures onto [`SendError`], and [`SendError::classification`] turns every one of
+//! them into a hopper decision through the single table of `domain::error_class`.
+
+pub mod meta;
+
+use std::future::Future;
+
+use crate::domain::error_class::{
+    classify_connect_failure, classify_http_without_graph_body, classify_meta, classify_transport,
+    Classification, ErrorClass,
+};
+use crate::domain::template::TemplateDef;
+
+/// One template send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateMessage {
+    /// E.164 with `+`.
+    pub to: String,
+    pub template_name: String,
+    pub language: String,
+    /// The payload's `template.components` array (see `domain::template::CompiledMapping`).
+    /// `Null` or an empty array sends no components.
+    pub components: serde_json::Value,
+    /// Our attempt id; sent as `biz_opaque_callback_data` and echoed by status webhooks.
+    pub callback_data: String,
+}
+
+/// The provider took the message (not "delivered": that comes by webhook).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub wamid: String,
+    /// Meta's canonical id of the recipient; may differ from the `to` we sent.
+    pub wa_id: Option<String>,
+    /// `accepted`, `held_for_quality_assessment`, `paused`; absent means accepted.
+    pub message_status: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The provider answered with a Graph error envelope.
+    #[error("provider error {code}{}: {message}{} (HTTP {http_status})",
+        subcode.map(|s| format!("/{s}")).unwrap_or_default(),
+        details.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Api {
+        http_status: u16,
+        code: i64,
+        subcode: Option<i64>,
+        message: String,
+        details: Option<String>,
+        fbtrace_id: Option<String>,
+    },
+    /// An HTTP answer whose body is not a Graph error (a proxy page, an unreadable 2xx…).
+    #[error("HTTP {status} without a provider error body: {body_snippet}")]
+    Http { status: u16, body_snippet: String },
+    /// No HTTP answer. `maybe_sent` is false only when the request certainly never left
+    /// (connection not established); timeouts and resets after writing may have been processed.
+    #[error("transport error{}: {message}", if *timeout { " (timeout)" } else { "" })]
+    Transport {
+        message: String,
+        timeout: bool,
+        maybe_sent: bool,
+    },
+}
+
+impl SendError {
+    pub fn classification(&self) -> Classification {
+        match self {
+            SendError::Api {
+                http_status, code, ..
+            } => {
+                let c = classify_meta(*code);
+                // An unknown code on a 5xx may have been processed: treat it as ambiguous
+                // rather than risk a duplicate.
+                if !c.known && *http_status >= 500 {
+                    Classification {
+                        class: ErrorClass::Ambiguous,
+                        ..c
+                    }
+                } else {
+                    c
+                }
+            }
+            SendError::Http { status, .. } => classify_http_without_graph_body(*status),
+            SendError::Transport {
+                maybe_sent: true, ..
+            } => classify_transport(),
+            SendError::Transport {
+                maybe_sent: false, ..
+            } => classify_connect_failure(),
+        }
+    }
+
+    /// The `code` label of `tiercast_send_failures_total`: the Meta code, `http_<status>`,
+    /// `timeout`, `transport` or `connect`.
+    pub fn code_label(&self) -> String {
+        match self {
+            SendError::Api { code, .. } => code.to_string(),
+            SendError::Http { status, .. } => format!("http_{status}"),
+            SendError::Transport { timeout: true, .. } => "timeout".to_string(),
+            SendError::Transport {
+                maybe_sent: true, ..
+            } => "transport".to_string(),
+            SendError::Transport { .. } => "connect".to_string(),
+        }
+    }
+}
+
+/// A messaging provider for one line. Futures are `Send` so the dispatcher can spawn them.
+pub trait Provider: Send + Sync {
+    /// Send an approved template (business-initiated; allowed outside the service window).
+    fn send_template(
+        &self,
+        m: &TemplateMessage,
+    ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+
+    /// Send free-form text (only inside the 24 h customer-service window).
+    fn send_text(
+        &self,
+        to: &str,
+        body: &str,
+    ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+
+    /// Mark an inbound message as read.
+    fn mark_read(&self, wamid: &str) -> impl Future<Output = Result<(), SendError>> + Send;
+
+    /// Every template of the account, all pages.
+    fn list_templates(&self) -> impl Future<Output = Result<Vec<TemplateDef>, SendError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_of_each_variant() {
+        let api = |http_status, code| SendError::Api {
+            http_status,
+            code,
+            subcode: None,
+            message: "x".into(),
+            details: None,
+            fbtrace_id: None,
+        };
+        assert_eq!(
+            api(400, 130429).classification().class,
+            ErrorClass::Throttled
+        );
+        assert_eq!(
+            api(400, 132001).classification().class,
+            ErrorClass::Campaign
+        );
+        assert_eq!(
+            api(400, 424242).classification().class,
+            ErrorClass::Retryable
+        );
+        assert_eq!(
+            api(500, 424242).classification().class,
+            ErrorClass::Ambiguous
+        );
+        assert_eq!(api(500, 131000).code_label(), "131000");
+        let http = SendError::Http {
+            status: 502,
+            body_snippet: "<html>".into(),
+        };
+        assert_eq!(http.classification().class, ErrorClass::Ambiguous);
+        assert_eq!(http.code_label(), "http_502");
+        let t = |timeout, maybe_sent| SendError::Transport {
+            message: "x".into(),
+            timeout,
+            maybe_sent,
+        };
+        assert_eq!(t(true, true).classification().class, ErrorClass::Ambiguous);
+        assert_eq!(
+            t(false, false).classification().class,
+            ErrorClass::Retryable
+        );
+        assert_eq!(t(true, true).code_label(), "timeout");
+        assert_eq!(t(false, false).code_label(), "connect");
+        assert_eq!(
+            api(400, 131056).to_string(),
+            "provider error 131056: x (HTTP 400)"
+        );
+    }
+}

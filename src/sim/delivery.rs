@@ -1,0 +1,331 @@
+//! Webhook delivery of the simulator: a background task that batches queued statuses per
+//! phone number, optionally duplicates and reorders them, signs each POST with the line's app
+//! secret and retries with backoff until the receiver answers 200 (bounded attempts).
+//!
+//! Completion is tracked per queued item (sequence numbers in a set) so `flush` can wait for
+//! "everything queued so far" even while retries and later items are still in flight.
+
+use std::collections::{BTreeSet, HashMap};
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use super::WebhookMode;
+use crate::webhook::signature;
+
+/// Where a webhook goes and how it is signed (one per simulator line).
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub phone_number_id: String,
+    pub waba_id: String,
+    pub display_phone_number: String,
+    pub app_secret: String,
+}
+
+pub(crate) enum Job {
+    /// One `statuses[]` element, batched with others of the same line.
+    Status {
+        target: Arc<Target>,
+        status: Value,
+        seq: u64,
+    },
+    /// A whole change (`field` + `value`), posted on its own right away (inbound messages,
+    /// template updates).
+    Change {
+        target: Arc<Target>,
+        field: String,
+        value: Value,
+        seq: u64,
+    },
+    /// Post whatever is buffered now (used by `flush`).
+    Nudge,
+}
+
+/// Counters shared with the simulator's stats.
+#[derive(Default)]
+pub(crate) struct DeliveryStats {
+    pub posts: AtomicU64,
+    pub post_failures: AtomicU64,
+    pub events_delivered: AtomicU64,
+    pub events_dropped: AtomicU64,
+}
+
+/// Which queued items are not yet delivered (or given up on).
+#[derive(Default)]
+pub(crate) struct Tracker {
+    next: AtomicU64,
+    outstanding: Mutex<BTreeSet<u64>>,
+    notify: Notify,
+}
+
+impl Tracker {
+    pub fn begin(&self) -> u64 {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        lock(&self.outstanding).insert(seq);
+        seq
+    }
+
+    pub fn finish(&self, seqs: &[u64]) {
+        {
+            let mut o = lock(&self.outstanding);
+            for s in seqs {
+                o.remove(s);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn pending(&self) -> usize {
+        lock(&self.outstanding).len()
+    }
+
+    /// Wait until every item begun before this call is finished.
+    pub async fn wait_all_before_now(&self) {
+        let target = self.next.load(Ordering::SeqCst);
+        loop {
+            // Register interest before checking, so a finish in between is not missed.
+            let mut notified = pin!(self.notify.notified());
+            notified.as_mut().enable();
+            let done = lock(&self.outstanding)
+                .first()
+                .is_none_or(|first| *first >= target);
+            if done {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Poisoning only happens if a holder panicked; the data (counters, sets) stays usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Statuses waiting to be batched, per phone_number_id: (target, [(seq, status)]).
+type Buffers = HashMap<String, (Arc<Target>, Vec<(u64, Value)>)>;
+
+/// The background task. Ends when every sender is dropped (simulator dropped).
+pub(crate) async fn run(
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    url: String,
+    mode: WebhookMode,
+    seed: u64,
+    tracker: Arc<Tracker>,
+    stats: Arc<DeliveryStats>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let ctx = Arc::new(PostCtx {
+        client,
+        url,
+        mode: mode.clone(),
+        tracker,
+        stats,
+        permits: Semaphore::new(16),
+    });
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xdead_beef);
+    let mut buffers: Buffers = HashMap::new();
+    let period = if mode.flush_interval.is_zero() {
+        Duration::from_millis(1)
+    } else {
+        mode.flush_interval
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let batch_max = mode.batch_max.max(1);
+    loop {
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(Job::Status { target, status, seq }) => {
+                    let key = target.phone_number_id.clone();
+                    let buf = buffers.entry(key).or_insert_with(|| (target, Vec::new()));
+                    buf.1.push((seq, status));
+                    if buf.1.len() >= batch_max {
+                        let items = std::mem::take(&mut buf.1);
+                        dispatch_statuses(&ctx, &mut rng, buf.0.clone(), items);
+                    }
+                }
+                Some(Job::Change { target, field, value, seq }) => {
+                    let body = envelope(&target, vec![(field, value)]);
+                    spawn_post(&ctx, target, body, None, vec![seq], 1);
+                }
+                Some(Job::Nudge) => flush_all(&ctx, &mut rng, &mut buffers),
+                None => {
+                    flush_all(&ctx, &mut rng, &mut buffers);
+                    return;
+                }
+            },
+            _ = tick.tick() => flush_all(&ctx, &mut rng, &mut buffers),
+        }
+    }
+}
+
+struct PostCtx {
+    client: reqwest::Client,
+    url: String,
+    mode: WebhookMode,
+    tracker: Arc<Tracker>,
+    stats: Arc<DeliveryStats>,
+    permits: Semaphore,
+}
+
+fn flush_all(ctx: &Arc<PostCtx>, rng: &mut StdRng, buffers: &mut Buffers) {
+    let batch_max = ctx.mode.batch_max.max(1);
+    for (target, items) in buffers.values_mut() {
+        while !items.is_empty() {
+            let take = items.len().min(batch_max);
+            let batch: Vec<_> = items.drain(..take).collect();
+            dispatch_statuses(ctx, rng, target.clone(), batch);
+        }
+    }
+}
+
+fn dispatch_statuses(
+    ctx: &Arc<PostCtx>,
+    rng: &mut StdRng,
+    target: Arc<Target>,
+    mut items: Vec<(u64, Value)>,
+) {
+    if ctx.mode.reorder {
+        // Per message, newest status first (read before delivered before sent), and the
+        // messages themselves shuffled: the two disorders Meta documents.
+        let mut groups: Vec<(String, Vec<(u64, Value)>)> = Vec::new();
+        for item in items.drain(..) {
+            let id = item
+                .1
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            match groups.iter_mut().find(|g| g.0 == id) {
+                Some(g) => g.1.push(item),
+                None => groups.push((id, vec![item])),
+            }
+        }
+        groups.shuffle(rng);
+        for (_, mut g) in groups {
+            g.reverse();
+            items.extend(g);
+        }
+    }
+    let ratio = ctx.mode.duplicate_ratio.clamp(0.0, 1.0);
+    let dups: Vec<Value> = if ratio > 0.0 {
+        items
+            .iter()
+            .filter(|_| rng.gen_bool(ratio))
+            .map(|(_, v)| v.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let count = items.len();
+    let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
+    let statuses: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
+    let body = envelope(
+        &target,
+        vec![("messages".into(), statuses_value(&target, statuses))],
+    );
+    let dup_body = (!dups.is_empty()).then(|| {
+        envelope(
+            &target,
+            vec![("messages".into(), statuses_value(&target, dups))],
+        )
+    });
+    spawn_post(ctx, target, body, dup_body, seqs, count);
+}
+
+fn statuses_value(t: &Target, statuses: Vec<Value>) -> Value {
+    json!({
+        "messaging_product": "whatsapp",
+        "metadata": metadata(t),
+        "statuses": statuses,
+    })
+}
+
+pub(crate) fn metadata(t: &Target) -> Value {
+    json!({ "display_phone_number": t.display_phone_number, "phone_number_id": t.phone_number_id })
+}
+
+fn envelope(t: &Target, changes: Vec<(String, Value)>) -> Vec<u8> {
+    let changes: Vec<Value> = changes
+        .into_iter()
+        .map(|(field, value)| json!({ "value": value, "field": field }))
+        .collect();
+    let body = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{ "id": t.waba_id, "changes": changes }],
+    });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn spawn_post(
+    ctx: &Arc<PostCtx>,
+    target: Arc<Target>,
+    body: Vec<u8>,
+    duplicate: Option<Vec<u8>>,
+    seqs: Vec<u64>,
+    events: usize,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // Bounded concurrency: Meta posts concurrently, but not unboundedly.
+        let _permit = ctx.permits.acquire().await.ok();
+        let ok = post_with_retry(&ctx, &target, &body).await;
+        if ok {
+            ctx.stats
+                .events_delivered
+                .fetch_add(events as u64, Ordering::Relaxed);
+        } else {
+            ctx.stats
+                .events_dropped
+                .fetch_add(events as u64, Ordering::Relaxed);
+        }
+        if let Some(dup) = duplicate {
+            // A re-delivery of already-delivered events, as Meta does after timeouts.
+            post_with_retry(&ctx, &target, &dup).await;
+        }
+        ctx.tracker.finish(&seqs);
+    });
+}
+
+async fn post_with_retry(ctx: &PostCtx, target: &Target, body: &[u8]) -> bool {
+    let sig = signature::sign(target.app_secret.as_bytes(), body);
+    let attempts = if ctx.mode.retry_on_failure {
+        ctx.mode.max_attempts.max(1)
+    } else {
+        1
+    };
+    let mut backoff = ctx.mode.retry_backoff;
+    for attempt in 1..=attempts {
+        ctx.stats.posts.fetch_add(1, Ordering::Relaxed);
+        let res = ctx
+            .client
+            .post(&ctx.url)
+            .header("content-type", "application/json")
+            .header(signature::SIGNATURE_HEADER, &sig)
+            .body(body.to_vec())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => return true,
+            Ok(r) => tracing::debug!(status = %r.status(), attempt, "sim webhook refused"),
+            Err(e) => tracing::debug!(error = %e, attempt, "sim webhook post failed"),
+        }
+        ctx.stats.post_failures.fetch_add(1, Ordering::Relaxed);
+        if attempt < attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+    false
+}

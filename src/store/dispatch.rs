@@ -1,0 +1,559 @@
+//! The dispatcher's statements: claim due rows, record what the provider said, settle
+//! attempts from webhooks, reconcile attempts whose fate stayed unknown.
+//!
+//! Crash safety (SPEC §2 rule 7) lives here. A claim writes the attempt row and pushes the
+//! hopper row's `next_attempt_at` to `hold_until` (now + `reconcile_after`) in one short
+//! transaction, *before* the HTTP call. If the process dies mid-call, the attempt stays
+//! `sending`; a status webhook naming it (`biz_opaque_callback_data`) settles it as accepted,
+//! and if none comes by `hold_until`, [`Store::reconcile_stale`] abandons it and the contact
+//! becomes due again. Every outcome write is guarded by `inflight_attempt_id`, so a late or
+//! duplicated answer can never move a row twice.
+
+use super::{placeholders, value_rows, Backend, Store, StoreError, StoreResult};
+use crate::clock::Millis;
+use crate::domain::Outcome;
+use sqlx::Row;
+use std::collections::{BTreeMap, HashMap};
+
+/// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
+pub const AWAITING_RETRY_RUN: Millis = i64::MAX / 4;
+
+/// A row claimed for sending, with what rendering needs.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub hopper_id: i64,
+    pub attempt_id: i64,
+    pub campaign_id: i64,
+    pub attempts: i64,
+    pub phone: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub fields: BTreeMap<String, String>,
+}
+
+/// What to do with a row whose send failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureAction {
+    /// Throttled: due again at the given time, no attempt spent.
+    Requeue { at: Millis },
+    /// Retryable: attempt spent; retry at `at`, or close `exhausted` when none are left.
+    Retry { at: Millis, max_attempts: i64 },
+    /// Permanent for this recipient: closed with `outcome` (failed, opted_out).
+    Close { outcome: Outcome },
+    /// The campaign's fault: the row is left as it was (due now); the caller pauses.
+    Untouched,
+    /// Unknown fate (timeout, reset, 5xx without a body): keep the hold; reconcile decides.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate<'a> {
+    pub wamid: &'a str,
+    pub attempt_id: Option<i64>,
+    pub status: &'a str,
+    pub at: Millis,
+    pub error_code: Option<i64>,
+    pub error_text: Option<&'a str>,
+}
+
+/// The hopper row a status touched, for the caller's follow-up (classification of failures).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusTarget {
+    pub hopper_id: i64,
+    pub campaign_id: i64,
+    pub contact_phone: String,
+    pub state: String,
+    pub attempts: i64,
+    /// The status moved the message forward (false for duplicates and regressions).
+    pub advanced: bool,
+}
+
+/// Order of message statuses; a status only ever moves forward (SPEC §2 rule 8).
+pub fn status_rank(status: &str) -> i64 {
+    match status {
+        "accepted" => 0,
+        "sent" => 1,
+        "delivered" => 2,
+        "read" => 3,
+        "failed" => 4,
+        _ => -1,
+    }
+}
+
+const RANK_SQL: &str =
+    "CASE COALESCE(message_status, '') WHEN 'accepted' THEN 0 WHEN 'sent' THEN 1 \
+     WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 WHEN 'failed' THEN 4 ELSE -1 END";
+
+impl Store {
+    /// Claims up to `limit` due rows of a campaign and opens an attempt for each.
+    /// Skips contacts that have an open campaign interaction (pending) or a send in flight
+    /// on the same line (SPEC §2 rule 3).
+    pub async fn claim_due(
+        &self,
+        campaign_id: i64,
+        line: &str,
+        now: Millis,
+        hold_until: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Claimed>> {
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let mut tx = self.pool.begin().await?;
+        // Writing first takes SQLite's write lock at once (no read→write upgrade to fail).
+        let sql = format!(
+            "UPDATE hopper SET inflight_attempt_id = 0, next_attempt_at = $3, updated_at = $2 \
+             WHERE id IN (SELECT h.id FROM hopper h \
+                WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') AND h.next_attempt_at <= $2 \
+                  AND h.inflight_attempt_id IS NULL \
+                  AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $5 \
+                                  AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL)) \
+                ORDER BY h.next_attempt_at, h.id LIMIT $4 {lock}) \
+             RETURNING id, contact_id, attempts"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(campaign_id)
+            .bind(now)
+            .bind(hold_until)
+            .bind(limit as i64)
+            .bind(line)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let mut claimed: Vec<(i64, i64, i64)> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            claimed.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+        }
+        claimed.sort_unstable();
+
+        let sql = format!(
+            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) VALUES {} RETURNING id, hopper_id",
+            value_rows(claimed.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (hopper_id, _, _) in &claimed {
+            q = q
+                .bind(*hopper_id)
+                .bind(campaign_id)
+                .bind(line)
+                .bind("sending")
+                .bind(now);
+        }
+        let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(claimed.len());
+        for row in q.fetch_all(&mut *tx).await? {
+            attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+        let ids = placeholders(1, claimed.len());
+        let sql = format!(
+            "UPDATE hopper SET inflight_attempt_id = \
+               (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
+             WHERE id IN ({ids})"
+        );
+        let mut q = sqlx::query(&sql);
+        for (hopper_id, _, _) in &claimed {
+            q = q.bind(*hopper_id);
+        }
+        q.execute(&mut *tx).await?;
+
+        let sql = format!(
+            "SELECT id, phone, name, email, fields FROM contacts WHERE id IN ({})",
+            placeholders(1, claimed.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for (_, contact_id, _) in &claimed {
+            q = q.bind(*contact_id);
+        }
+        let mut contacts = HashMap::with_capacity(claimed.len());
+        for row in q.fetch_all(&mut *tx).await? {
+            let id: i64 = row.try_get(0)?;
+            let fields: String = row.try_get(4)?;
+            let fields: BTreeMap<String, String> = serde_json::from_str(&fields)
+                .map_err(|e| StoreError::Corrupt(format!("contact {id} fields: {e}")))?;
+            contacts.insert(
+                id,
+                (
+                    row.try_get::<String, _>(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    fields,
+                ),
+            );
+        }
+        tx.commit().await?;
+
+        let mut out = Vec::with_capacity(claimed.len());
+        for (hopper_id, contact_id, attempts) in claimed {
+            let (phone, name, email, fields) = contacts.remove(&contact_id).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "hopper row {hopper_id} names missing contact {contact_id}"
+                ))
+            })?;
+            let attempt_id = *attempt_of.get(&hopper_id).ok_or_else(|| {
+                StoreError::Corrupt(format!("no attempt opened for hopper row {hopper_id}"))
+            })?;
+            out.push(Claimed {
+                hopper_id,
+                attempt_id,
+                campaign_id,
+                attempts,
+                phone,
+                name,
+                email,
+                fields,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The provider accepted the message (from the HTTP answer, or from a status webhook that
+    /// named the attempt first). Idempotent: returns false if the attempt was settled already.
+    pub async fn settle_accepted(
+        &self,
+        attempt_id: i64,
+        wamid: &str,
+        wa_id: Option<&str>,
+        now: Millis,
+        response_deadline: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
+               inflight_attempt_id = NULL, message_status = COALESCE(message_status, 'accepted'), sent_at = $4, \
+               response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
+             WHERE inflight_attempt_id = $1",
+        )
+        .bind(attempt_id)
+        .bind(wamid)
+        .bind(wa_id)
+        .bind(now)
+        .bind(response_deadline)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE attempts SET status = 'accepted', wamid = $2, finished_at = $3 \
+             WHERE id = $1 AND status IN ('sending', 'unknown')",
+        )
+        .bind(attempt_id)
+        .bind(wamid)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(moved > 0)
+    }
+
+    /// Records a failed send and moves the row as `action` says.
+    pub async fn record_failure(
+        &self,
+        attempt_id: i64,
+        action: &FailureAction,
+        code: Option<i64>,
+        class: &str,
+        text: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let attempt_status = if *action == FailureAction::Unknown {
+            "unknown"
+        } else {
+            "failed"
+        };
+        sqlx::query(
+            "UPDATE attempts SET status = $2, error_code = $3, error_class = $4, error_text = $5, finished_at = $6 \
+             WHERE id = $1 AND status = 'sending'",
+        )
+        .bind(attempt_id)
+        .bind(attempt_status)
+        .bind(code)
+        .bind(class)
+        .bind(text)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let guard = "WHERE inflight_attempt_id = $1";
+        match action {
+            FailureAction::Unknown => {}
+            FailureAction::Requeue { at } => {
+                sqlx::query(&format!(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, next_attempt_at = $2, last_error_code = $3, \
+                       last_error_text = $4, updated_at = $5 {guard}"
+                ))
+                .bind(attempt_id)
+                .bind(*at)
+                .bind(code)
+                .bind(text)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            FailureAction::Untouched => {
+                sqlx::query(&format!(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, next_attempt_at = $2 {guard}"
+                ))
+                .bind(attempt_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            FailureAction::Retry { at, max_attempts } => {
+                sqlx::query(&format!(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, attempts = attempts + 1, \
+                       state = CASE WHEN attempts + 1 >= $3 THEN 'closed' ELSE 'retry' END, \
+                       outcome = CASE WHEN attempts + 1 >= $3 THEN 'exhausted' ELSE NULL END, \
+                       closed_at = CASE WHEN attempts + 1 >= $3 THEN $6 ELSE NULL END, \
+                       next_attempt_at = $2, last_error_code = $4, last_error_text = $5, updated_at = $6 {guard}"
+                ))
+                .bind(attempt_id)
+                .bind(*at)
+                .bind(*max_attempts)
+                .bind(code)
+                .bind(text)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            FailureAction::Close { outcome } => {
+                sqlx::query(&format!(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, attempts = attempts + 1, state = 'closed', \
+                       outcome = $2, closed_at = $5, last_error_code = $3, last_error_text = $4, updated_at = $5 {guard}"
+                ))
+                .bind(attempt_id)
+                .bind(outcome.as_str())
+                .bind(code)
+                .bind(text)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Attempts still `sending` / `unknown` whose hold expired: no webhook settled them within
+    /// `reconcile_after`, so they count as spent and the contact becomes due again (or
+    /// `exhausted`). Returns how many were abandoned.
+    pub async fn reconcile_stale(
+        &self,
+        line: &str,
+        now: Millis,
+        max_attempts_of: &HashMap<i64, i64>,
+    ) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query(
+            "SELECT h.id, h.campaign_id, h.inflight_attempt_id FROM hopper h \
+             WHERE h.line = $1 AND h.inflight_attempt_id IS NOT NULL AND h.next_attempt_at <= $2 \
+               AND h.state IN ('fresh', 'retry')",
+        )
+        .bind(line)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut n = 0;
+        for row in rows {
+            let hopper_id: i64 = row.try_get(0)?;
+            let campaign_id: i64 = row.try_get(1)?;
+            let attempt_id: i64 = row.try_get(2)?;
+            let max_attempts = max_attempts_of
+                .get(&campaign_id)
+                .copied()
+                .unwrap_or(i64::MAX);
+            sqlx::query(
+                "UPDATE attempts SET status = 'abandoned', finished_at = $2 WHERE id = $1 AND status IN ('sending', 'unknown')",
+            )
+            .bind(attempt_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE hopper SET inflight_attempt_id = NULL, attempts = attempts + 1, \
+                   state = CASE WHEN attempts + 1 >= $3 THEN 'closed' ELSE 'retry' END, \
+                   outcome = CASE WHEN attempts + 1 >= $3 THEN 'exhausted' ELSE NULL END, \
+                   closed_at = CASE WHEN attempts + 1 >= $3 THEN $2 ELSE NULL END, \
+                   next_attempt_at = $2, last_error_text = 'no answer from the provider; sent again', updated_at = $2 \
+                 WHERE id = $1 AND inflight_attempt_id = $4",
+            )
+            .bind(hopper_id)
+            .bind(now)
+            .bind(max_attempts)
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await?;
+            n += 1;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Applies a status webhook. If it names an attempt still in flight (the webhook beat the
+    /// HTTP answer, or the daemon crashed before recording it), that attempt is settled as
+    /// accepted first. The message status only moves forward.
+    pub async fn apply_status(
+        &self,
+        update: &StatusUpdate<'_>,
+        response_deadline: Millis,
+    ) -> StoreResult<Option<StatusTarget>> {
+        if let Some(attempt_id) = update.attempt_id {
+            self.settle_accepted(attempt_id, update.wamid, None, update.at, response_deadline)
+                .await?;
+        }
+        let rank = status_rank(update.status);
+        if rank < 0 {
+            return Ok(None);
+        }
+        let time_column = match update.status {
+            "delivered" => ", delivered_at = COALESCE(delivered_at, $3)",
+            "read" => {
+                ", read_at = COALESCE(read_at, $3), delivered_at = COALESCE(delivered_at, $3)"
+            }
+            _ => "",
+        };
+        let advanced = sqlx::query(&format!(
+            "UPDATE hopper SET message_status = $2, updated_at = $3 {time_column} \
+             WHERE wamid = $1 AND {RANK_SQL} < $4"
+        ))
+        .bind(update.wamid)
+        .bind(update.status)
+        .bind(update.at)
+        .bind(rank)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if advanced && update.status == "failed" {
+            sqlx::query(
+                "UPDATE hopper SET last_error_code = $2, last_error_text = $3 WHERE wamid = $1",
+            )
+            .bind(update.wamid)
+            .bind(update.error_code)
+            .bind(update.error_text)
+            .execute(&self.pool)
+            .await?;
+        }
+        let row = sqlx::query(
+            "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts FROM hopper h JOIN contacts c ON c.id = h.contact_id \
+             WHERE h.wamid = $1",
+        )
+        .bind(update.wamid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(StatusTarget {
+                hopper_id: r.try_get(0)?,
+                campaign_id: r.try_get(1)?,
+                contact_phone: r.try_get(2)?,
+                state: r.try_get(3)?,
+                attempts: r.try_get(4)?,
+                advanced,
+            })
+        })
+        .transpose()
+    }
+
+    /// A `failed` status for a message that was accepted: the row leaves `pending` as the
+    /// classification says. Only rows still pending move (an answer may have closed it).
+    pub async fn fail_pending(
+        &self,
+        hopper_id: i64,
+        action: &FailureAction,
+        code: i64,
+        text: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let (state, outcome, next_at, closed_at): (&str, Option<&str>, Millis, Option<Millis>) =
+            match action {
+                FailureAction::Close { outcome } => {
+                    ("closed", Some(outcome.as_str()), now, Some(now))
+                }
+                FailureAction::Retry { at, max_attempts } => {
+                    let attempts: i64 =
+                        sqlx::query_scalar("SELECT attempts FROM hopper WHERE id = $1")
+                            .bind(hopper_id)
+                            .fetch_one(&self.pool)
+                            .await?;
+                    if attempts >= *max_attempts {
+                        ("closed", Some(Outcome::Exhausted.as_str()), now, Some(now))
+                    } else {
+                        ("retry", None, *at, None)
+                    }
+                }
+                FailureAction::Requeue { at } => ("retry", None, *at, None),
+                FailureAction::Untouched | FailureAction::Unknown => ("retry", None, now, None),
+            };
+        let done = sqlx::query(
+            "UPDATE hopper SET state = $2, outcome = $3, next_attempt_at = $4, closed_at = $5, \
+               last_error_code = $6, last_error_text = $7, response_deadline = NULL, updated_at = $8 \
+             WHERE id = $1 AND state = 'pending'",
+        )
+        .bind(hopper_id)
+        .bind(state)
+        .bind(outcome)
+        .bind(next_at)
+        .bind(closed_at)
+        .bind(code)
+        .bind(text)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Makes every waiting retry row of a campaign due now (a retry run). Returns the count.
+    pub async fn make_retries_due(&self, campaign_id: i64, now: Millis) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE hopper SET next_attempt_at = $2, updated_at = $2 \
+             WHERE campaign_id = $1 AND state = 'retry' AND inflight_attempt_id IS NULL AND next_attempt_at > $2",
+        )
+        .bind(campaign_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// When the next row of a campaign becomes due (None: nothing left to send).
+    pub async fn next_due_at(&self, campaign_id: i64) -> StoreResult<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at) FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry')",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Rows that can still move: unsent, in flight, or waiting for an answer.
+    pub async fn open_rows(&self, campaign_id: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state <> 'closed'",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Rows still to be sent, or whose send is in flight.
+    pub async fn unsent_rows(&self, campaign_id: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry') AND next_attempt_at < $2",
+        )
+        .bind(campaign_id)
+        .bind(AWAITING_RETRY_RUN)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The attempt's campaign and hopper row, for a webhook that names it.
+    pub async fn attempt_owner(&self, attempt_id: i64) -> StoreResult<Option<(i64, i64, String)>> {
+        let row = sqlx::query("SELECT hopper_id, campaign_id, status FROM attempts WHERE id = $1")
+            .bind(attempt_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .transpose()
+    }
+}

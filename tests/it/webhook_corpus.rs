@@ -1,0 +1,225 @@
+//! Conformance test: every Meta-shaped webhook in the third-party corpus
+//! (`../shared/reference/webhook-corpus`, relative to the crate) must parse, and a few known
+//! files must yield the events we rely on. Skips with a notice when the corpus is absent
+//! (e.g. a checkout without the shared folder).
+
+use std::path::{Path, PathBuf};
+
+use tiercast::webhook::{parse_meta_webhook, InboundKind, MessageStatus, MetaEvent};
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/webhook-corpus")
+}
+
+/// Files that are deliberately not valid JSON (documented in the corpus INDEX.md).
+const KNOWN_INVALID: &[&str] = &[
+    "bindambc-java/textMessageStatusRead.json",
+    "meta-docs-mirror/manage_webhooks__account_update_disabled_INVALID_JSON.json.txt",
+];
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn rel(dir: &Path, p: &Path) -> String {
+    p.strip_prefix(dir)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+fn load(name: &str) -> Option<Vec<MetaEvent>> {
+    let dir = corpus_dir();
+    let body = std::fs::read(dir.join(name)).ok()?;
+    match parse_meta_webhook(&body) {
+        Ok(ev) => Some(ev),
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+#[test]
+fn corpus_webhooks_parse() {
+    let dir = corpus_dir();
+    if !dir.is_dir() {
+        eprintln!(
+            "NOTICE: webhook corpus not found at {}; skipping",
+            dir.display()
+        );
+        return;
+    }
+    let mut files = Vec::new();
+    walk(&dir, &mut files);
+    files.sort();
+
+    let (mut parsed, mut events) = (0usize, 0usize);
+    let mut skipped: Vec<(String, &'static str)> = Vec::new();
+    let mut failures = Vec::new();
+    let mut invalid_rejected = 0;
+    for p in &files {
+        let name = rel(&dir, p);
+        let Ok(body) = std::fs::read(p) else {
+            continue;
+        };
+        if KNOWN_INVALID.contains(&name.as_str()) {
+            // Must be refused (and not panic): answering 200 to garbage would hide bugs.
+            assert!(
+                parse_meta_webhook(&body).is_err(),
+                "{name} is invalid JSON yet parsed"
+            );
+            invalid_rejected += 1;
+            continue;
+        }
+        if !name.ends_with(".json") {
+            continue;
+        }
+        // Classify with an independent generic parse: only objects with `entry` are webhooks.
+        let reason = match serde_json::from_slice::<serde_json::Value>(&body) {
+            Err(_) => Some("invalid json"),
+            Ok(v) => match v.get("entry") {
+                Some(_) => None,
+                None if v.get("error").is_some() || v.get("code").is_some() => {
+                    Some("error response")
+                }
+                // A bare `value` (360dialog style, or one message object): real events, but
+                // without Meta's envelope, so not what `POST /webhooks/meta` receives.
+                None if v.get("statuses").is_some()
+                    || v.get("from").is_some()
+                    || v.pointer("/messages/0/type")
+                        .or_else(|| v.pointer("/messages/0/from"))
+                        .is_some() =>
+                {
+                    Some("bare value / message object")
+                }
+                None if v.get("messages").is_some() || v.get("success").is_some() => {
+                    Some("send response")
+                }
+                None if v.get("payload").is_some() || v.get("app").is_some() => Some("gupshup v2"),
+                None => Some("not an envelope"),
+            },
+        };
+        if let Some(r) = reason {
+            // Not an envelope: the parser must refuse it cleanly rather than invent events.
+            if let Ok(ev) = parse_meta_webhook(&body) {
+                failures.push(format!(
+                    "{name}: non-webhook accepted as {} events",
+                    ev.len()
+                ));
+            }
+            skipped.push((name, r));
+            continue;
+        }
+        match parse_meta_webhook(&body) {
+            Ok(ev) => {
+                parsed += 1;
+                events += ev.len();
+            }
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    println!(
+        "corpus: {} files, {parsed} webhooks parsed ({events} events), {} skipped as non-webhooks, {invalid_rejected} invalid-JSON files rejected",
+        files.len(),
+        skipped.len()
+    );
+    let mut by_reason = std::collections::BTreeMap::<&str, Vec<&str>>::new();
+    for (n, r) in &skipped {
+        by_reason.entry(r).or_default().push(n);
+    }
+    for (r, names) in &by_reason {
+        println!("  skipped ({r}): {}", names.len());
+        for n in names {
+            println!("    {n}");
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failed to parse:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        parsed >= 200,
+        "only {parsed} webhooks found: corpus layout changed?"
+    );
+}
+
+#[test]
+fn corpus_known_files() {
+    if !corpus_dir().is_dir() {
+        eprintln!("NOTICE: webhook corpus not found; skipping");
+        return;
+    }
+
+    // A failed status with the per-user marketing cap.
+    let ev = load("meta-docs-mirror/status_failed_131049_ecosystem_relative_href.json")
+        .unwrap_or_default();
+    let [MetaEvent::Status(s)] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(s.status, MessageStatus::Failed);
+    assert_eq!(s.phone_number_id, "106540352242922");
+    assert_eq!(s.recipient_id.as_deref(), Some("16505551234"));
+    assert_eq!(s.timestamp, 1751142888);
+    assert_eq!(s.errors.len(), 1);
+    assert_eq!(s.errors[0].code, 131049);
+    assert!(s.errors[0].details.is_some());
+
+    // A template quick-reply tap answering our template (context.id = our wamid).
+    let ev = load("pywa/callback_button__quick_reply.json").unwrap_or_default();
+    let [MetaEvent::Inbound(m)] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(m.context_id.as_deref(), Some("wamid.xyzxyz=="));
+    assert_eq!(m.from.as_deref(), Some("972987654321"));
+    assert_eq!(m.profile_name.as_deref(), Some("Test Name"));
+    assert_eq!(m.from_user_id.as_deref(), Some("US.13491208655302741918"));
+    assert_eq!(
+        m.kind,
+        InboundKind::Button {
+            payload: "callback_data".into(),
+            text: "title".into()
+        }
+    );
+
+    // Template status update with a numeric template id.
+    let ev = load("pywa/template_status_update__rejected.json").unwrap_or_default();
+    assert_eq!(
+        ev,
+        vec![MetaEvent::TemplateStatus {
+            waba_id: "102290129340398".into(),
+            template_id: Some("1689556908129835".into()),
+            name: "abandoned_cart".into(),
+            language: "en".into(),
+            event: "REJECTED".into(),
+            reason: Some("INVALID_FORMAT".into()),
+        }]
+    );
+
+    // 18 changes of different fields in one entry: nothing fails, messages/statuses extracted.
+    let ev =
+        load("kapso-js/webhook__eighteen_changes_all_fields_one_entry.json").unwrap_or_default();
+    assert!(ev.len() >= 18, "{ev:?}");
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, MetaEvent::Status(s) if s.wamid == "wamid.msg" && s.status == MessageStatus::Delivered)));
+    assert!(ev.iter().any(|e| matches!(e,
+        MetaEvent::UserPreference { wa_id, value, .. } if wa_id == "555" && value == "stop")));
+
+    // Username-only sender: no `from`.
+    let ev = load("netflie-php/can_build_a_notification_with_bsuid_only_and_no_from.json")
+        .unwrap_or_default();
+    let [MetaEvent::Inbound(m)] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(m.from, None);
+    assert!(m.from_user_id.is_some());
+}

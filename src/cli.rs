@@ -7,6 +7,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::domain::CampaignCommand;
 use crate::import::{self, FileSource, ImportError, ImportOptions};
+use crate::serve::{self, ServeOptions};
 use crate::store::{Store, StoreError};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -58,6 +59,40 @@ pub enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// The whole job on the embedded default: SQLite, the built-in simulator, the example
+    /// config and contacts, one campaign run to the end, then the report
+    Demo {
+        /// Where the demo database and report go
+        #[arg(long, default_value = "tiercast-demo")]
+        dir: PathBuf,
+    },
+    /// The daemon: webhooks, admin API, /metrics, dispatchers, timers, cron retries
+    Serve {
+        /// Overrides server.listen
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run the built-in Cloud API simulator on its own
+    Simulate {
+        #[arg(long, default_value = "127.0.0.1:4100")]
+        listen: std::net::SocketAddr,
+        /// Where to post signed status webhooks (e.g. http://127.0.0.1:8080/webhooks/meta)
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Messages per second per number (0 = unlimited)
+        #[arg(long, default_value_t = 80)]
+        throughput: u32,
+    },
+    /// Templates: fetch them from the provider, or show the synced ones
+    Templates {
+        #[command(subcommand)]
+        action: TemplatesAction,
+    },
+    /// The cron-triggered retry run: makes retryable contacts due now and sends them
+    Retry {
+        #[arg(long)]
+        campaign: Option<String>,
+    },
     /// One row per contact of a campaign
     Report {
         #[arg(long)]
@@ -89,6 +124,15 @@ pub enum CampaignAction {
     Stop {
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplatesAction {
+    Sync {
+        #[arg(long)]
+        line: Option<String>,
+    },
+    List,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -216,6 +260,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             campaign_action(&store, &clock, &config, action).await?;
             store.close().await;
         }
+        Command::Demo { dir } => crate::demo::run(&dir).await.map_err(CliError::Failure)?,
+        Command::Serve { listen } => {
+            let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+            let daemon = serve::start(
+                config,
+                ServeOptions {
+                    listen,
+                    ..ServeOptions::new(clock)
+                },
+            )
+            .await
+            .map_err(classify_start_error)?;
+            println!("tiercast serving on {}", daemon.url());
+            serve::termination().await;
+            tracing::info!("shutting down");
+            daemon.shutdown().await;
+        }
+        Command::Simulate {
+            listen,
+            webhook_url,
+            throughput,
+        } => simulate(&config, listen, webhook_url, throughput).await?,
+        Command::Templates { action } => templates(config, action).await?,
+        Command::Retry { campaign } => retry(config, campaign).await?,
         Command::Report {
             campaign: name,
             format,
@@ -387,4 +455,193 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
+}
+
+/// Config problems found while starting (a missing secret) are bad input; the rest are ours.
+fn classify_start_error(e: anyhow::Error) -> CliError {
+    match e.downcast::<ConfigError>() {
+        Ok(config) => CliError::Input(config.to_string()),
+        Err(other) => CliError::Failure(other),
+    }
+}
+
+async fn simulate(
+    config: &Config,
+    listen: std::net::SocketAddr,
+    webhook_url: Option<String>,
+    throughput: u32,
+) -> Result<(), CliError> {
+    use crate::sim::{SimConfig, SimLine, Simulator};
+    let mut lines: Vec<SimLine> = config
+        .lines
+        .iter()
+        .filter(|l| l.provider == crate::config::ProviderKind::Simulator)
+        .map(|l| SimLine {
+            phone_number_id: l.phone_number_id.clone(),
+            waba_id: crate::lines::sim_waba_id(l),
+            access_token: crate::lines::SIM_ACCESS_TOKEN.into(),
+            app_secret: crate::lines::SIM_APP_SECRET.into(),
+            throughput_mps: throughput,
+            display_phone_number: "15550000000".into(),
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push(SimLine {
+            throughput_mps: throughput,
+            ..SimLine::default()
+        });
+    }
+    let sim = Simulator::new(SimConfig {
+        phone_numbers: lines.clone(),
+        webhook_url,
+        ..SimConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!(
+        "Cloud API simulator on http://{} (graph version path /v23.0)",
+        listener.local_addr()?
+    );
+    for l in &lines {
+        println!(
+            "  phone_number_id {}  waba_id {}  token {}",
+            l.phone_number_id, l.waba_id, l.access_token
+        );
+    }
+    tokio::select! {
+        r = sim.serve(listener) => r?,
+        _ = serve::termination() => {}
+    }
+    Ok(())
+}
+
+async fn templates(config: Config, action: TemplatesAction) -> Result<(), CliError> {
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+    match action {
+        TemplatesAction::Sync { line } => {
+            if let Some(l) = &line {
+                if config.line(l).is_none() {
+                    return Err(CliError::Input(format!(
+                        "no line named {l:?} in {}",
+                        config.source
+                    )));
+                }
+            }
+            // The daemon machinery gives simulator lines their in-process simulator too.
+            let daemon = serve::start(
+                config,
+                ServeOptions {
+                    listen: Some(([127, 0, 0, 1], 0).into()),
+                    ..ServeOptions::new(clock.clone())
+                },
+            )
+            .await
+            .map_err(classify_start_error)?;
+            let results =
+                serve::sync_templates(&daemon.store, &clock, &daemon.lines, line.as_deref()).await;
+            daemon.shutdown().await;
+            let mut failed = false;
+            for (line, r) in results {
+                match r {
+                    Ok(n) => println!("line {line}: {n} templates synced"),
+                    Err(e) => {
+                        failed = true;
+                        println!("line {line}: sync failed: {e}");
+                    }
+                }
+            }
+            if failed {
+                return Err(CliError::Failure(anyhow::anyhow!(
+                    "template sync failed for at least one line"
+                )));
+            }
+        }
+        TemplatesAction::List => {
+            let store = Store::open(&config.server.database_url).await?;
+            println!(
+                "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} PLACEHOLDERS",
+                "LINE", "NAME", "LANG", "CATEGORY", "STATUS", "QUALITY"
+            );
+            for (line, t) in store.templates().await? {
+                let slots: Vec<String> = t.placeholders().into_iter().map(|s| s.key).collect();
+                println!(
+                    "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} {}",
+                    line,
+                    t.name,
+                    t.language,
+                    t.category,
+                    t.status,
+                    t.quality.as_deref().unwrap_or("-"),
+                    slots.join(", ")
+                );
+            }
+            store.close().await;
+        }
+    }
+    Ok(())
+}
+
+/// The retry run: every waiting retry row of the chosen campaigns becomes due now. A running
+/// daemon (found at server.listen) picks them up; otherwise this process sends them itself.
+async fn retry(config: Config, only: Option<String>) -> Result<(), CliError> {
+    let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+    let store = Store::open(&config.server.database_url).await?;
+    if let Some(name) = &only {
+        campaign::find(&config, name)?;
+    }
+    let mut total = 0;
+    let mut ids = Vec::new();
+    for c in config
+        .campaigns
+        .iter()
+        .filter(|c| only.as_ref().is_none_or(|o| o == &c.name))
+    {
+        let row = store.ensure_campaign(&c.name, clock.now_millis()).await?;
+        if row.state != crate::domain::CampaignState::Running {
+            continue;
+        }
+        let n = store.make_retries_due(row.id, clock.now_millis()).await?;
+        println!("campaign {}: {n} contacts due for retry", c.name);
+        total += n;
+        ids.push(row.id);
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let daemon_up = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        tokio::net::TcpStream::connect(config.server.listen),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    if daemon_up {
+        println!("handed to the daemon at {}", config.server.listen);
+        return Ok(());
+    }
+    let daemon = serve::start(
+        config,
+        ServeOptions {
+            listen: Some(([127, 0, 0, 1], 0).into()),
+            ..ServeOptions::new(clock)
+        },
+    )
+    .await
+    .map_err(classify_start_error)?;
+    loop {
+        let mut left = 0;
+        for id in &ids {
+            left += store
+                .due_unsent_rows(*id, crate::clock::SystemClock.now_millis())
+                .await?;
+        }
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    if let Some(sim) = &daemon.simulator {
+        sim.flush_webhooks().await;
+    }
+    daemon.shutdown().await;
+    println!("retry run done: {total} contacts retried");
+    Ok(())
 }

@@ -557,3 +557,17 @@ impl Store {
             .transpose()
     }
 }
+
+impl Store {
+    /// Rows due now that are not yet sent (a retry run waits for these).
+    pub async fn due_unsent_rows(&self, campaign_id: i64, now: Millis) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry') \
+             AND (next_attempt_at <= $2 OR inflight_attempt_id IS NOT NULL)",
+        )
+        .bind(campaign_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}

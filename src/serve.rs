@@ -1,0 +1,323 @@
+//! The daemon assembled: HTTP (webhooks, metrics, health), one dispatcher task per line,
+//! housekeeping (gauges, cron retry runs), and — for `simulator` lines with no `api_base` —
+//! the built-in Cloud API simulator in-process, posting its webhooks back to us.
+//! `tiercast serve`, `demo` and `retry` all run through [`start`].
+
+use crate::clock::SharedClock;
+use crate::config::{Config, ProviderKind};
+use crate::dispatch::Dispatcher;
+use crate::domain::{CampaignState, HopperState, Outcome};
+use crate::http::{self, HttpState};
+use crate::inbox::Inbox;
+use crate::lines::{self, LineRuntime, SIM_ACCESS_TOKEN, SIM_APP_SECRET};
+use crate::metrics as m;
+use crate::provider::Provider;
+use crate::sim::{SimConfig, SimLine, Simulator};
+use crate::store::Store;
+use anyhow::Context;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub struct ServeOptions {
+    pub clock: SharedClock,
+    /// Overrides `server.listen` (tests and `demo` use port 0).
+    pub listen: Option<SocketAddr>,
+    /// Adjusts the in-process simulator's settings (fates, webhook behaviour) before it starts.
+    pub simulator: Option<Box<dyn FnOnce(&mut SimConfig) + Send>>,
+}
+
+impl ServeOptions {
+    pub fn new(clock: SharedClock) -> Self {
+        ServeOptions {
+            clock,
+            listen: None,
+            simulator: None,
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub simulator: Option<Simulator>,
+    pub dispatcher: Dispatcher,
+    pub inbox: Inbox,
+    pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// The process-wide Prometheus recorder (a recorder can be installed once per process).
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(m::SEND_LATENCY.to_string()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ],
+                )
+                .ok()?
+                .install_recorder()
+                .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+                .ok()
+        })
+        .clone()
+}
+
+fn needs_simulator(config: &Config) -> bool {
+    config
+        .lines
+        .iter()
+        .any(|l| l.provider == ProviderKind::Simulator && l.api_base.is_none())
+}
+
+/// Starts everything; returns once the HTTP port is bound and the dispatchers run.
+pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daemon> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.server.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "opening database {}",
+                crate::cli::redact_url(&config.server.database_url)
+            )
+        })?;
+    let listen = options.listen.unwrap_or(config.server.listen);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let mut tasks = JoinSet::new();
+
+    let simulator = if needs_simulator(&config) {
+        let mut sim_config = SimConfig {
+            phone_numbers: config
+                .lines
+                .iter()
+                .filter(|l| l.provider == ProviderKind::Simulator && l.api_base.is_none())
+                .map(|l| SimLine {
+                    phone_number_id: l.phone_number_id.clone(),
+                    waba_id: lines::sim_waba_id(l),
+                    access_token: SIM_ACCESS_TOKEN.into(),
+                    app_secret: SIM_APP_SECRET.into(),
+                    throughput_mps: l.throughput_mps,
+                    display_phone_number: "15550000000".into(),
+                })
+                .collect(),
+            webhook_url: Some(format!("http://{addr}/webhooks/meta")),
+            ..SimConfig::default()
+        };
+        if let Some(adjust) = options.simulator {
+            adjust(&mut sim_config);
+        }
+        let sim = Simulator::new(sim_config);
+        let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let sim_addr = sim_listener.local_addr()?;
+        let serving = sim.clone();
+        tasks.spawn(async move {
+            if let Err(e) = serving.serve(sim_listener).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        tracing::info!(%sim_addr, "built-in Cloud API simulator running");
+        Some((sim, format!("http://{sim_addr}")))
+    } else {
+        None
+    };
+    let lines = Arc::new(lines::build(
+        &config,
+        simulator.as_ref().map(|(_, base)| base.as_str()),
+    )?);
+    let simulator = simulator.map(|(sim, _)| sim);
+
+    sync_templates(&store, &options.clock, &lines, None).await;
+
+    let inbox = Inbox::new(store.clone(), options.clock.clone(), config.clone());
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        options.clock.clone(),
+        config.clone(),
+        lines.clone(),
+    );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let router = http::router(HttpState {
+        store: store.clone(),
+        inbox: inbox.clone(),
+        lines: lines.clone(),
+        metrics: metrics_handle(),
+    });
+    let mut http_shutdown = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let stop = async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    for line in lines.keys() {
+        tasks.spawn(
+            dispatcher
+                .clone()
+                .run_line(line.clone(), shutdown_rx.clone()),
+        );
+    }
+    tasks.spawn(housekeeping(
+        store.clone(),
+        options.clock.clone(),
+        config.clone(),
+        shutdown_rx.clone(),
+    ));
+    tracing::info!(%addr, lines = lines.len(), campaigns = config.campaigns.len(), "tiercast serving");
+    Ok(Daemon {
+        addr,
+        store,
+        config,
+        simulator,
+        dispatcher,
+        inbox,
+        lines,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Daemon {
+    /// Stops claiming, lets sends in flight settle, stops HTTP; bounded by `shutdown_grace`.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        let grace = self.config.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                ?grace,
+                "shutdown grace elapsed; abandoning the rest (their attempts will be reconciled)"
+            );
+            self.tasks.abort_all();
+        }
+        self.store.close().await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// Fetches every line's templates from its provider into the store (or just `only`).
+pub async fn sync_templates(
+    store: &Store,
+    clock: &SharedClock,
+    lines: &HashMap<String, Arc<LineRuntime>>,
+    only: Option<&str>,
+) -> Vec<(String, Result<usize, String>)> {
+    let mut out = Vec::new();
+    for (name, rt) in lines {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        let result = match rt.provider.list_templates().await {
+            Ok(defs) => store
+                .replace_templates(name, &defs, clock.now_millis())
+                .await
+                .map(|_| defs.len())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(line = %name, error = %e, "template sync failed; keeping the stored templates");
+        }
+        out.push((name.clone(), result));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Periodic duties: gauges from the database, and cron-scheduled retry runs.
+async fn housekeeping(
+    store: Store,
+    clock: SharedClock,
+    config: Arc<Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut next_cron: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let now = clock.now();
+        for c in &config.campaigns {
+            let Ok(row) = store.ensure_campaign(&c.name, clock.now_millis()).await else {
+                continue;
+            };
+            for s in CampaignState::ALL {
+                m::campaign_state(&c.name, s.as_str(), *s == row.state);
+            }
+            if let Ok(counts) = store.hopper_counts(row.id).await {
+                for s in HopperState::ALL {
+                    m::hopper_contacts(&c.name, s.as_str(), counts.state(*s));
+                }
+                for o in Outcome::ALL {
+                    m::campaign_outcomes(&c.name, o.as_str(), counts.outcome(*o));
+                }
+            }
+            if let (Some(schedule), false) = (&c.retry_cron, c.auto_retry) {
+                let due = next_cron
+                    .entry(c.name.clone())
+                    .or_insert_with(|| schedule.after(&now).next().unwrap_or(now));
+                if *due <= now && row.state == CampaignState::Running {
+                    match store.make_retries_due(row.id, clock.now_millis()).await {
+                        Ok(n) => tracing::info!(campaign = %c.name, contacts = n, "cron retry run"),
+                        Err(e) => {
+                            tracing::error!(campaign = %c.name, error = %e, "cron retry run failed")
+                        }
+                    }
+                    next_cron.insert(c.name.clone(), schedule.after(&now).next().unwrap_or(now));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

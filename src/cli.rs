@@ -443,20 +443,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_reach_output() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h/db"),
-            "postgres://u:***@h/db"
-        );
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
-    }
-}
-
 /// Config problems found while starting (a missing secret) are bad input; the rest are ours.
 fn classify_start_error(e: anyhow::Error) -> CliError {
     match e.downcast::<ConfigError>() {
@@ -644,4 +630,18 @@ async fn retry(config: Config, only: Option<String>) -> Result<(), CliError> {
     daemon.shutdown().await;
     println!("retry run done: {total} contacts retried");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_output() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
 }

@@ -23,12 +23,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// A change to the in-process simulator's settings, applied before it starts.
+pub type SimAdjust = Box<dyn FnOnce(&mut SimConfig) + Send>;
+
 pub struct ServeOptions {
     pub clock: SharedClock,
     /// Overrides `server.listen` (tests and `demo` use port 0).
     pub listen: Option<SocketAddr>,
     /// Adjusts the in-process simulator's settings (fates, webhook behaviour) before it starts.
-    pub simulator: Option<Box<dyn FnOnce(&mut SimConfig) + Send>>,
+    pub simulator: Option<SimAdjust>,
 }
 
 impl ServeOptions {

@@ -4,5 +4,6 @@
 mod campaigns;
 mod helpers;
 mod import;
+mod sending;
 mod sim_api;
 mod webhook_corpus;

@@ -82,6 +82,17 @@ pub enum Command {
         /// Messages per second per number (0 = unlimited)
         #[arg(long, default_value_t = 80)]
         throughput: u32,
+        /// Every message delivered and read (no failures): for load tests
+        #[arg(long)]
+        all_read: bool,
+    },
+    /// Measure the sustained send rate against the simulator in a separate process
+    Bench {
+        #[arg(long, default_value_t = 20_000)]
+        contacts: usize,
+        /// Requests in flight at once
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
     },
     /// Templates: fetch them from the provider, or show the synced ones
     Templates {
@@ -281,7 +292,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             listen,
             webhook_url,
             throughput,
-        } => simulate(&config, listen, webhook_url, throughput).await?,
+            all_read,
+        } => simulate(&config, listen, webhook_url, throughput, all_read).await?,
+        Command::Bench {
+            contacts,
+            in_flight,
+        } => crate::bench::run(crate::bench::BenchOptions {
+            contacts,
+            database_url: cli.global.database_url.clone(),
+            in_flight,
+        })
+        .await
+        .map_err(CliError::Failure)?,
         Command::Templates { action } => templates(config, action).await?,
         Command::Retry { campaign } => retry(config, campaign).await?,
         Command::Report {
@@ -456,8 +478,9 @@ async fn simulate(
     listen: std::net::SocketAddr,
     webhook_url: Option<String>,
     throughput: u32,
+    all_read: bool,
 ) -> Result<(), CliError> {
-    use crate::sim::{SimConfig, SimLine, Simulator};
+    use crate::sim::{FateMix, SimConfig, SimLine, Simulator};
     let mut lines: Vec<SimLine> = config
         .lines
         .iter()
@@ -477,9 +500,15 @@ async fn simulate(
             ..SimLine::default()
         });
     }
+    let fates = if all_read {
+        FateMix::all_read()
+    } else {
+        FateMix::default()
+    };
     let sim = Simulator::new(SimConfig {
         phone_numbers: lines.clone(),
         webhook_url,
+        fates,
         ..SimConfig::default()
     });
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -4,6 +4,7 @@
 //! `campaign` start loads the hopper → dispatcher claims due rows, paces, renders and sends
 //! through a provider → webhooks bring statuses and replies back to the inbox.
 
+pub mod bench;
 pub mod campaign;
 pub mod cli;
 pub mod clock;

@@ -98,6 +98,7 @@ impl Store {
                  WHERE c.phone IN ({})",
                 placeholders(2, chunk.len())
             );
+            let sql = self.bulk_sql(sql);
             let mut q = sqlx::query(&sql).bind(list_id);
             for r in chunk {
                 q = q.bind(r.phone.as_str());
@@ -147,6 +148,7 @@ impl Store {
                  RETURNING id",
                 value_rows(to_write.len(), 9, 1)
             );
+            let sql = self.bulk_sql(sql);
             let mut q = sqlx::query(&sql);
             for (r, fields) in &to_write {
                 q = q
@@ -172,6 +174,7 @@ impl Store {
                  ON CONFLICT (list_id, contact_id) DO UPDATE SET import_id = excluded.import_id",
                 value_rows(ids.len(), 4, 1)
             );
+            let sql = self.bulk_sql(sql);
             let mut q = sqlx::query(&sql);
             for id in ids {
                 q = q.bind(list_id).bind(id).bind(import_id).bind(now);

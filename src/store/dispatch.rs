@@ -134,6 +134,7 @@ impl Store {
             "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) VALUES {} RETURNING id, hopper_id",
             value_rows(claimed.len(), 5, 1)
         );
+        let sql = self.bulk_sql(sql);
         let mut q = sqlx::query(&sql);
         for (hopper_id, _, _) in &claimed {
             q = q
@@ -153,6 +154,7 @@ impl Store {
                (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
              WHERE id IN ({ids})"
         );
+        let sql = self.bulk_sql(sql);
         let mut q = sqlx::query(&sql);
         for (hopper_id, _, _) in &claimed {
             q = q.bind(*hopper_id);
@@ -163,6 +165,7 @@ impl Store {
             "SELECT id, phone, name, email, fields FROM contacts WHERE id IN ({})",
             placeholders(1, claimed.len())
         );
+        let sql = self.bulk_sql(sql);
         let mut q = sqlx::query(&sql);
         for (_, contact_id, _) in &claimed {
             q = q.bind(*contact_id);

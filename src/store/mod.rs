@@ -202,17 +202,6 @@ pub(crate) fn value_rows(rows: usize, columns: usize, first: usize) -> String {
     s
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn placeholder_lists() {
-        assert_eq!(placeholders(2, 3), "$2, $3, $4");
-        assert_eq!(value_rows(2, 2, 1), "($1, $2), ($3, $4)");
-    }
-}
-
 /// SQLite has one writer at a time; with several pooled connections the losers of a write race
 /// sleep in SQLite's busy handler (up to 100 ms a time). One connection queues them in the
 /// pool instead, which measured faster (see README, Performance). `TIERCAST_SQLITE_CONNECTIONS`
@@ -223,4 +212,15 @@ fn sqlite_connections() -> u32 {
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_lists() {
+        assert_eq!(placeholders(2, 3), "$2, $3, $4");
+        assert_eq!(value_rows(2, 2, 1), "($1, $2), ($3, $4)");
+    }
 }

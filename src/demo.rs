@@ -131,6 +131,12 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed();
+    if let Some(sim) = &daemon.simulator {
+        let replies = simulate_replies(&daemon.store, sim, row.id).await?;
+        println!("the simulator replied for {replies} contacts (button taps, free text, an opt-out keyword)");
+        sim.flush_webhooks().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let s = campaign::status(&daemon.store, clock.as_ref(), c).await?;
     println!();
     print_status(&s);
@@ -148,6 +154,53 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("writing the report: {e:?}"))?;
     println!("report: {} (one row per contact)", report.display());
+    let open = daemon.store.open_interactions_by_line().await?;
+    let open: i64 = open.iter().map(|(_, n)| n).sum();
+    println!("{open} conversations wait for an agent (GET /api/interactions while `tiercast serve` runs)");
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Some contacts answer, as people do: a deterministic sample of the pending ones taps YES
+/// (quoting the template), taps NO (no such answer: an agent takes it), writes free text, or
+/// sends an opt-out keyword. Each reply reaches the daemon as a signed Meta webhook.
+async fn simulate_replies(
+    store: &crate::store::Store,
+    sim: &crate::sim::Simulator,
+    campaign_id: i64,
+) -> anyhow::Result<usize> {
+    let mut pending = Vec::new();
+    store
+        .report_rows(campaign_id, |r| {
+            if r.state == "pending" {
+                pending.push((r.phone, r.wamid));
+            }
+            Ok(())
+        })
+        .await?;
+    let mut n = 0;
+    for (i, (phone, wamid)) in pending.into_iter().enumerate() {
+        let (kind, text, context) = match i % 20 {
+            0 | 5 | 10 => ("button", "YES", wamid),
+            3 => ("button", "NO", wamid),
+            7 => ("text", "Quero falar com um atendente, por favor", None),
+            13 => ("text", "PARAR", None),
+            _ => continue,
+        };
+        let spec = crate::sim::InboundSpec {
+            phone_number_id: None,
+            from: Some(phone.trim_start_matches('+').to_string()),
+            from_user_id: None,
+            kind: Some(kind.into()),
+            text: Some(text.into()),
+            payload: (kind == "button").then(|| text.to_string()),
+            context_id: context,
+            profile_name: None,
+            timestamp: None,
+        };
+        if sim.inject_inbound(spec).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }

@@ -25,10 +25,19 @@ pub struct HttpState {
     pub inbox: Inbox,
     pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     pub metrics: Option<PrometheusHandle>,
+    /// The admin API's bearer token; `None` = the API refuses every call.
+    pub admin_token: Option<crate::config::Secret>,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let admin = crate::inbox::api::router()
+        .with_state(state.inbox.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.admin_token.clone(),
+            require_bearer,
+        ));
     Router::new()
+        .merge(admin)
         .route("/webhooks/meta", get(meta_handshake).post(meta_events))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .route("/metrics", get(metrics))
@@ -154,6 +163,39 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "database unreachable or migrations missing",
+        )
+    }
+}
+
+/// `Authorization: Bearer <token>` on every admin call, compared in constant time.
+pub async fn require_bearer(
+    State(token): State<Option<crate::config::Secret>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API is disabled: set server.admin_token_env and that variable",
+        );
+    };
+    let given = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        given.as_bytes(),
+        token.expose().as_bytes(),
+    )) {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer token",
         )
     }
 }

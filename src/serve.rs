@@ -101,6 +101,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     let mut tasks = JoinSet::new();
+    let (shutdown, shutdown_rx) = watch::channel(false);
 
     let simulator = if needs_simulator(&config) {
         let mut sim_config = SimConfig {
@@ -127,9 +128,13 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sim_addr = sim_listener.local_addr()?;
         let serving = sim.clone();
+        let mut sim_shutdown = shutdown_rx.clone();
         tasks.spawn(async move {
-            if let Err(e) = serving.serve(sim_listener).await {
-                tracing::error!(error = %e, "simulator stopped");
+            tokio::select! {
+                r = serving.serve(sim_listener) => if let Err(e) = r {
+                    tracing::error!(error = %e, "simulator stopped");
+                },
+                _ = sim_shutdown.wait_for(|s| *s) => {}
             }
         });
         tracing::info!(%sim_addr, "built-in Cloud API simulator running");
@@ -145,20 +150,29 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
 
     sync_templates(&store, &options.clock, &lines, None).await;
 
-    let inbox = Inbox::new(store.clone(), options.clock.clone(), config.clone());
+    let inbox = Inbox::new(
+        store.clone(),
+        options.clock.clone(),
+        config.clone(),
+        lines.clone(),
+    );
     let dispatcher = Dispatcher::new(
         store.clone(),
         options.clock.clone(),
         config.clone(),
         lines.clone(),
     );
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
     let router = http::router(HttpState {
         store: store.clone(),
         inbox: inbox.clone(),
         lines: lines.clone(),
         metrics: metrics_handle(),
+        // A missing token disables the admin API (every call 401) rather than the daemon.
+        admin_token: config.admin_token().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "admin API disabled");
+            None
+        }),
     });
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -181,6 +195,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
     }
     tasks.spawn(housekeeping(
         store.clone(),
+        inbox.clone(),
         options.clock.clone(),
         config.clone(),
         shutdown_rx.clone(),
@@ -252,9 +267,10 @@ pub async fn sync_templates(
     out
 }
 
-/// Periodic duties: gauges from the database, and cron-scheduled retry runs.
+/// Periodic duties: response timeouts, gauges from the database, cron-scheduled retry runs.
 async fn housekeeping(
     store: Store,
+    inbox: Inbox,
     clock: SharedClock,
     config: Arc<Config>,
     mut shutdown: watch::Receiver<bool>,
@@ -265,6 +281,19 @@ async fn housekeeping(
             return;
         }
         let now = clock.now();
+        if let Err(e) = inbox.expire_timeouts().await {
+            tracing::error!(error = %e, "response timeouts not applied; retrying");
+        }
+        if let Ok(open) = store.open_interactions_by_line().await {
+            for l in &config.lines {
+                let n = open
+                    .iter()
+                    .find(|(line, _)| *line == l.name)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                m::interactions_open(&l.name, n as u64);
+            }
+        }
         for c in &config.campaigns {
             let Ok(row) = store.ensure_campaign(&c.name, clock.now_millis()).await else {
                 continue;

@@ -7,29 +7,58 @@ use crate::config::Config;
 use crate::dispatch::{failure_action, parse_callback_data};
 use crate::domain::error_class::{classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome};
+use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::{FailureAction, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
+use std::collections::HashMap;
 use std::sync::Arc;
+
+pub mod api;
+mod replies;
+
+pub use replies::{AgentError, ReplyKind};
 
 #[derive(Clone)]
 pub struct Inbox {
     store: Store,
-    clock: SharedClock,
+    pub(crate) clock: SharedClock,
     config: Arc<Config>,
+    lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    /// Opt-out keywords, normalised (matched against the whole message).
+    opt_out_keywords: Arc<Vec<String>>,
 }
 
 impl Inbox {
-    pub fn new(store: Store, clock: SharedClock, config: Arc<Config>) -> Self {
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        config: Arc<Config>,
+        lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    ) -> Self {
+        let opt_out_keywords = Arc::new(
+            config
+                .inbox
+                .opt_out_keywords
+                .iter()
+                .map(|k| crate::domain::text::normalize(k))
+                .collect(),
+        );
         Inbox {
             store,
             clock,
             config,
+            lines,
+            opt_out_keywords,
         }
     }
 
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The line a webhook's `metadata.phone_number_id` belongs to.
-    fn line_of(&self, phone_number_id: &str) -> Option<&str> {
+    pub(crate) fn line_of(&self, phone_number_id: &str) -> Option<&str> {
         self.config
             .lines
             .iter()
@@ -45,17 +74,16 @@ impl Inbox {
             m::webhook_event(event.kind());
             match event {
                 MetaEvent::Status(status) => self.on_status(status).await?,
+                MetaEvent::Inbound(message) => self.on_inbound(message).await?,
                 MetaEvent::TemplateStatus {
                     name,
                     language,
                     event,
+                    reason,
                     ..
                 } => {
-                    let n = self
-                        .store
-                        .set_template_status(name, language, event, self.clock.now_millis())
-                        .await?;
-                    tracing::info!(template = %name, %language, status = %event, templates = n, "template status changed");
+                    self.on_template_status(name, language, event, reason.as_deref())
+                        .await?
                 }
                 MetaEvent::UserPreference {
                     wa_id,
@@ -89,6 +117,12 @@ impl Inbox {
     async fn on_status(&self, ev: &StatusEvent) -> Result<(), StoreError> {
         let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
         m::message_status(line, ev.status.as_str());
+        self.store
+            .mark_outbound_status(&ev.wamid, ev.status.as_str())
+            .await?;
+        self.store
+            .mark_outbound_status(&ev.wamid, ev.status.as_str())
+            .await?;
         let attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
         let at: Millis = ev.timestamp.saturating_mul(1000);
         // A webhook that names an attempt still in flight settles it: its campaign's response

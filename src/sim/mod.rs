@@ -203,6 +203,9 @@ pub struct InboundSpec {
     pub context_id: Option<String>,
     #[serde(default)]
     pub profile_name: Option<String>,
+    /// Unix seconds of the message; now when absent (tests use old ones to expire windows).
+    #[serde(default)]
+    pub timestamp: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -525,7 +528,8 @@ impl Simulator {
         let kind = spec.kind.as_deref().unwrap_or("text");
         let text = spec.text.clone().unwrap_or_default();
         let payload = spec.payload.clone().unwrap_or_else(|| text.clone());
-        let mut msg = json!({ "id": wamid, "timestamp": now_unix().to_string(), "type": kind });
+        let at = spec.timestamp.unwrap_or_else(now_unix);
+        let mut msg = json!({ "id": wamid, "timestamp": at.to_string(), "type": kind });
         let obj = msg
             .as_object_mut()
             .ok_or_else(|| SimError::BadRequest("internal".into()))?;

@@ -109,6 +109,8 @@ impl Store {
                   AND h.inflight_attempt_id IS NULL \
                   AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $5 \
                                   AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL)) \
+                  AND NOT EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
+                                  WHERE ic.id = h.contact_id AND i.line = $5 AND i.state = 'open') \
                 ORDER BY h.next_attempt_at, h.id LIMIT $4 {lock}) \
              RETURNING id, contact_id, attempts"
         );

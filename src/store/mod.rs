@@ -9,12 +9,16 @@
 mod campaigns;
 mod contacts;
 mod dispatch;
+mod inbox;
 mod templates;
 
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{
     status_rank, Claimed, FailureAction, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN,
+};
+pub use inbox::{
+    InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
 };
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

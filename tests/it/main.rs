@@ -4,6 +4,7 @@
 mod campaigns;
 mod helpers;
 mod import;
+mod inbox;
 mod sending;
 mod sim_api;
 mod webhook_corpus;

@@ -13,7 +13,7 @@ use tiercast::import::{self, BytesSource, ImportOptions};
 use tiercast::serve::{self, Daemon, ServeOptions};
 use tiercast::sim::{Fate, FateMix, SimConfig};
 
-fn config_text(url: &str, mps: u32, template: &str, extra: &str) -> String {
+pub(crate) fn config_text(url: &str, mps: u32, template: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -39,13 +39,13 @@ retry_backoff = "1h"
     )
 }
 
-fn numbers(n: usize) -> Vec<String> {
+pub(crate) fn numbers(n: usize) -> Vec<String> {
     (0..n)
         .map(|i| format!("+55119{:08}", 70_000_000 + i))
         .collect()
 }
 
-async fn start(
+pub(crate) async fn start(
     db: &TestDb,
     cfg: &str,
     adjust: impl FnOnce(&mut SimConfig) + Send + 'static,
@@ -66,7 +66,7 @@ async fn start(
     (daemon, config)
 }
 
-async fn load(daemon: &Daemon, phones: &[String]) {
+pub(crate) async fn load(daemon: &Daemon, phones: &[String]) {
     let mut csv = String::from("phone,name,plan\n");
     for (i, p) in phones.iter().enumerate() {
         csv.push_str(&format!("{p},Person {i},gold\n"));
@@ -91,14 +91,14 @@ async fn load(daemon: &Daemon, phones: &[String]) {
     .unwrap();
 }
 
-async fn status(daemon: &Daemon, config: &Config) -> campaign::CampaignStatus {
+pub(crate) async fn status(daemon: &Daemon, config: &Config) -> campaign::CampaignStatus {
     campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
         .await
         .unwrap()
 }
 
 /// Polls until `done` or the deadline; the deadline is a safety net, not a timing assertion.
-async fn wait_for(
+pub(crate) async fn wait_for(
     daemon: &Daemon,
     config: &Config,
     what: &str,
@@ -118,14 +118,14 @@ async fn wait_for(
     }
 }
 
-async fn settle(daemon: &Daemon) {
+pub(crate) async fn settle(daemon: &Daemon) {
     if let Some(sim) = &daemon.simulator {
         sim.flush_webhooks().await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-fn all_delivered(sim: &mut SimConfig) {
+pub(crate) fn all_delivered(sim: &mut SimConfig) {
     sim.fates = FateMix {
         delivered: 0,
         read: 1,

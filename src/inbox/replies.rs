@@ -1,0 +1,568 @@
+//! Inbound messages (SPEC §4): the customer-service window, opt-out keywords, matching a reply
+//! to its campaign row and its answer, handoff to agents, late replies, out-of-hours replies;
+//! response timeouts; what agents do through the API (reply inside the window, recontact).
+
+use super::Inbox;
+use crate::config::{AnswerAction, Campaign, TemplateRef};
+use crate::domain::template::{CompiledMapping, ContactFields};
+use crate::domain::text::normalize;
+use crate::domain::{CampaignState, Outcome};
+use crate::metrics as m;
+use crate::provider::{Provider, SendError, TemplateMessage};
+use crate::store::{InteractionRow, OutboundMessage, StoreError};
+use crate::webhook::{InboundKind, InboundMessage};
+use std::time::Duration;
+
+/// What kind of reply a message is, for `replies_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Answer,
+    FreeText,
+    Late,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no interaction {0}")]
+    NotFound(i64),
+    #[error("the customer-service window is closed (the contact last wrote more than 24 h ago); send the recontact template")]
+    WindowExpired,
+    #[error("no recontact template is configured for this campaign or line")]
+    NoRecontactTemplate,
+    #[error("the recontact template cannot be sent: {0}")]
+    Template(String),
+    #[error("line {0:?} is not configured")]
+    UnknownLine(String),
+    #[error("provider refused the message: {0}")]
+    Provider(#[from] SendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Text and answer candidates of an inbound message.
+struct Reading<'a> {
+    kind: &'static str,
+    text: Option<&'a str>,
+    /// Values an answer key may match: button payload, button text, interactive id / title.
+    candidates: Vec<&'a str>,
+    /// A message a person wrote or tapped (reactions, system notices and the like are not).
+    is_reply: bool,
+}
+
+fn read(kind: &InboundKind) -> Reading<'_> {
+    match kind {
+        InboundKind::Text { body } => Reading {
+            kind: "text",
+            text: Some(body),
+            candidates: vec![body],
+            is_reply: true,
+        },
+        InboundKind::Button { payload, text } => Reading {
+            kind: "button",
+            text: Some(text),
+            candidates: vec![payload, text],
+            is_reply: true,
+        },
+        InboundKind::ButtonReply { id, title } | InboundKind::ListReply { id, title, .. } => {
+            Reading {
+                kind: "interactive",
+                text: Some(title),
+                candidates: vec![id, title],
+                is_reply: true,
+            }
+        }
+        InboundKind::Media { caption, .. } => Reading {
+            kind: "media",
+            text: caption.as_deref(),
+            candidates: vec![],
+            is_reply: true,
+        },
+        InboundKind::Location { .. } => Reading {
+            kind: "location",
+            text: None,
+            candidates: vec![],
+            is_reply: true,
+        },
+        InboundKind::Contacts => Reading {
+            kind: "contacts",
+            text: None,
+            candidates: vec![],
+            is_reply: true,
+        },
+        InboundKind::Reaction { .. } => Reading {
+            kind: "reaction",
+            text: None,
+            candidates: vec![],
+            is_reply: false,
+        },
+        InboundKind::System { .. } => Reading {
+            kind: "system",
+            text: None,
+            candidates: vec![],
+            is_reply: false,
+        },
+        InboundKind::Order => Reading {
+            kind: "order",
+            text: None,
+            candidates: vec![],
+            is_reply: true,
+        },
+        InboundKind::Unsupported { .. } => Reading {
+            kind: "unsupported",
+            text: None,
+            candidates: vec![],
+            is_reply: true,
+        },
+        InboundKind::Other { .. } => Reading {
+            kind: "other",
+            text: None,
+            candidates: vec![],
+            is_reply: true,
+        },
+    }
+}
+
+impl Inbox {
+    pub(super) async fn on_inbound(&self, msg: &InboundMessage) -> Result<(), StoreError> {
+        let Some(line) = self.line_of(&msg.phone_number_id).map(str::to_string) else {
+            tracing::warn!(phone_number_id = %msg.phone_number_id, "inbound message for a number no line has; ignored");
+            return Ok(());
+        };
+        let Some(from) = msg.from.as_deref().filter(|f| !f.is_empty()) else {
+            tracing::info!(line = %line, "inbound message from a username-only user (no phone number); not matched to campaigns");
+            return Ok(());
+        };
+        let phone = format!("+{}", from.trim_start_matches('+'));
+        let at = msg.timestamp.saturating_mul(1000);
+        let reading = read(&msg.kind);
+        let Some(message_id) = self
+            .store
+            .record_inbound(&line, &phone, &msg.wamid, reading.kind, reading.text, at)
+            .await?
+        else {
+            return Ok(()); // a duplicate delivery of a message already handled
+        };
+        self.store.touch_window(&line, &phone, at).await?;
+        if self.store.is_blacklisted(&phone).await? {
+            tracing::info!(line = %line, "inbound message from a blacklisted number recorded; nothing opened");
+            return Ok(());
+        }
+        if !reading.is_reply {
+            return Ok(());
+        }
+        if reading.kind == "text"
+            && reading
+                .text
+                .is_some_and(|t| self.opt_out_keywords.contains(&normalize(t)))
+        {
+            self.opt_out(&phone, "opt-out keyword", "keyword").await?;
+            if let Some(confirmation) = self.config.inbox.opt_out_confirmation.clone() {
+                self.send_text_in_background(&line, &phone, confirmation, None);
+            }
+            return Ok(());
+        }
+
+        let target = self
+            .store
+            .reply_target(&line, &phone, msg.context_id.as_deref())
+            .await?;
+        let now = self.clock.now_millis();
+        let mut interaction = None;
+        match target {
+            Some(t) if t.state == "pending" => {
+                let campaign = self.campaign_config(t.campaign_id).await?;
+                let late = t.response_deadline.is_some_and(|deadline| at > deadline);
+                let answer = campaign
+                    .as_ref()
+                    .and_then(|c| match_answer(c, &reading.candidates));
+                let campaign_name = campaign
+                    .as_ref()
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default();
+                if late {
+                    // The timeout had passed when the contact wrote: the outcome is no_answer and
+                    // a person takes the conversation.
+                    self.store
+                        .close_with_reply(t.hopper_id, Outcome::NoAnswer, None, now)
+                        .await?;
+                    interaction = Some(
+                        self.open_agent(
+                            &line,
+                            &phone,
+                            Some(t.campaign_id),
+                            Some(t.hopper_id),
+                            "late_reply",
+                            reading.text,
+                        )
+                        .await?,
+                    );
+                    m::reply(&campaign_name, "late");
+                } else if let Some((key, action)) = answer {
+                    m::reply(&campaign_name, "answer");
+                    match action {
+                        AnswerAction::Close => {
+                            self.store
+                                .close_with_reply(t.hopper_id, Outcome::Answered, Some(&key), now)
+                                .await?;
+                        }
+                        AnswerAction::Handoff => {
+                            self.store
+                                .close_with_reply(t.hopper_id, Outcome::Answered, Some(&key), now)
+                                .await?;
+                            interaction = Some(
+                                self.open_agent(
+                                    &line,
+                                    &phone,
+                                    Some(t.campaign_id),
+                                    Some(t.hopper_id),
+                                    "handoff",
+                                    reading.text,
+                                )
+                                .await?,
+                            );
+                        }
+                        AnswerAction::OptOut => {
+                            self.opt_out(&phone, &format!("answered {key}"), "answer")
+                                .await?;
+                        }
+                    }
+                } else {
+                    self.store
+                        .close_with_reply(t.hopper_id, Outcome::Replied, None, now)
+                        .await?;
+                    interaction = Some(
+                        self.open_agent(
+                            &line,
+                            &phone,
+                            Some(t.campaign_id),
+                            Some(t.hopper_id),
+                            "replied",
+                            reading.text,
+                        )
+                        .await?,
+                    );
+                    m::reply(&campaign_name, "free_text");
+                }
+            }
+            Some(t) => {
+                let reason = if t.outcome.as_deref() == Some("no_answer") {
+                    "late_reply"
+                } else {
+                    "inbound"
+                };
+                interaction = Some(
+                    self.open_agent(
+                        &line,
+                        &phone,
+                        Some(t.campaign_id),
+                        Some(t.hopper_id),
+                        reason,
+                        reading.text,
+                    )
+                    .await?,
+                );
+            }
+            None => {
+                interaction = Some(
+                    self.open_agent(&line, &phone, None, None, "inbound", reading.text)
+                        .await?,
+                );
+            }
+        }
+        if let Some(id) = interaction {
+            self.store.attach_message(message_id, id).await?;
+        }
+        self.out_of_hours(&line, &phone, at, interaction);
+        Ok(())
+    }
+
+    async fn open_agent(
+        &self,
+        line: &str,
+        phone: &str,
+        campaign_id: Option<i64>,
+        hopper_id: Option<i64>,
+        reason: &str,
+        text: Option<&str>,
+    ) -> Result<i64, StoreError> {
+        let (id, new) = self
+            .store
+            .open_agent_interaction(
+                line,
+                phone,
+                campaign_id,
+                hopper_id,
+                reason,
+                self.clock.now_millis(),
+            )
+            .await?;
+        if new {
+            tracing::info!(line, interaction = id, reason, "agent interaction opened");
+            self.push_handoff(id, line, phone, reason, text);
+        }
+        Ok(id)
+    }
+
+    /// POSTs the handoff to an external contact centre, in the background with retries, so a
+    /// slow receiver never holds the inbox up.
+    fn push_handoff(&self, id: i64, line: &str, phone: &str, reason: &str, text: Option<&str>) {
+        let Some(url) = self.config.inbox.handoff_url.clone() else {
+            return;
+        };
+        let body = serde_json::json!({ "interaction_id": id, "line": line, "phone": phone, "reason": reason, "text": text }).to_string();
+        let signature = self
+            .config
+            .admin_token()
+            .ok()
+            .flatten()
+            .map(|secret| crate::webhook::sign(secret.expose().as_bytes(), body.as_bytes()));
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut wait = Duration::from_secs(1);
+            for attempt in 1..=5 {
+                let mut request = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
+                if let Some(sig) = &signature {
+                    request = request.header("X-Tiercast-Signature-256", sig);
+                }
+                match request.timeout(Duration::from_secs(10)).send().await {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => {
+                        tracing::warn!(attempt, status = %r.status(), "handoff_url refused the handoff")
+                    }
+                    Err(e) => tracing::warn!(attempt, error = %e, "handoff_url unreachable"),
+                }
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            tracing::error!(interaction = id, "handoff not delivered after 5 attempts");
+        });
+    }
+
+    /// The line's out-of-hours text, when the contact writes while its time group is closed.
+    fn out_of_hours(&self, line: &str, phone: &str, at: i64, interaction: Option<i64>) {
+        let Some(cfg) = self.config.line(line) else {
+            return;
+        };
+        let (Some(text), Some(group)) = (
+            cfg.out_of_hours_text.clone(),
+            cfg.time_group
+                .as_ref()
+                .and_then(|g| self.config.time_groups.get(g)),
+        ) else {
+            return;
+        };
+        if !group.is_open(crate::clock::from_millis(at)) {
+            self.send_text_in_background(line, phone, text, interaction);
+        }
+    }
+
+    fn send_text_in_background(
+        &self,
+        line: &str,
+        phone: &str,
+        text: String,
+        interaction: Option<i64>,
+    ) {
+        let this = self.clone();
+        let (line, phone) = (line.to_string(), phone.to_string());
+        tokio::spawn(async move {
+            if let Err(e) = this.send_text(&line, &phone, &text, interaction).await {
+                tracing::warn!(line = %line, error = %e, "automatic text not sent");
+            }
+        });
+    }
+
+    async fn send_text(
+        &self,
+        line: &str,
+        phone: &str,
+        text: &str,
+        interaction: Option<i64>,
+    ) -> Result<(), AgentError> {
+        let rt = self
+            .lines
+            .get(line)
+            .ok_or_else(|| AgentError::UnknownLine(line.to_string()))?;
+        let accepted = rt.provider.send_text(phone, text).await?;
+        self.store
+            .record_outbound(&OutboundMessage {
+                interaction_id: interaction,
+                line,
+                phone,
+                kind: "text",
+                text: Some(text),
+                wamid: Some(&accepted.wamid),
+                at: self.clock.now_millis(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Response timeouts (SPEC §4 rule 6): pending rows past their deadline close `no_answer`.
+    pub async fn expire_timeouts(&self) -> Result<u64, StoreError> {
+        let n = self.store.expire_pending(self.clock.now_millis()).await?;
+        if n > 0 {
+            tracing::info!(rows = n, "response timeouts: closed as no_answer");
+        }
+        Ok(n)
+    }
+
+    /// A template turned PAUSED / DISABLED / REJECTED (or was deleted): every running campaign
+    /// that sends it pauses with the reason. APPROVED / REINSTATED only make it usable again.
+    pub(super) async fn on_template_status(
+        &self,
+        name: &str,
+        language: &str,
+        event: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_millis();
+        let n = self
+            .store
+            .set_template_status(name, language, event, now)
+            .await?;
+        tracing::info!(template = %name, %language, status = %event, templates = n, "template status changed");
+        if !matches!(
+            event,
+            "PAUSED" | "DISABLED" | "REJECTED" | "DELETED" | "PENDING_DELETION" | "LOCKED"
+        ) {
+            return Ok(());
+        }
+        let why = format!(
+            "template {name} ({language}) is {event}{}",
+            reason
+                .filter(|r| *r != "NONE")
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        for c in self
+            .config
+            .campaigns
+            .iter()
+            .filter(|c| c.template.name == name && c.template.language == language)
+        {
+            if let Some(row) = self.store.campaign_by_name(&c.name).await? {
+                if self
+                    .store
+                    .transition_campaign(
+                        row.id,
+                        CampaignState::Running,
+                        CampaignState::Paused,
+                        Some(&why),
+                        now,
+                    )
+                    .await?
+                {
+                    tracing::error!(campaign = %c.name, reason = %why, "campaign paused");
+                    m::campaign_paused(&c.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- what agents do (admin API) ---------------------------------------------------------
+
+    async fn agent_interaction(&self, id: i64) -> Result<InteractionRow, AgentError> {
+        self.store
+            .interaction(id)
+            .await?
+            .ok_or(AgentError::NotFound(id))
+    }
+
+    /// Free text to the contact: only inside the customer-service window.
+    pub async fn agent_reply(&self, id: i64, text: &str) -> Result<(), AgentError> {
+        let i = self.agent_interaction(id).await?;
+        let open = i
+            .window_expires_at
+            .is_some_and(|t| t > self.clock.now_millis());
+        if !open {
+            return Err(AgentError::WindowExpired);
+        }
+        self.send_text(&i.line, &i.phone, text, Some(id)).await
+    }
+
+    /// Sends the recontact template (campaign's, else line's): a business-initiated message,
+    /// allowed whatever the window.
+    pub async fn agent_recontact(&self, id: i64) -> Result<(), AgentError> {
+        let i = self.agent_interaction(id).await?;
+        let campaign: Option<&Campaign> =
+            i.campaign.as_deref().and_then(|n| self.config.campaign(n));
+        let template: TemplateRef = campaign
+            .and_then(|c| c.recontact_template.clone())
+            .or_else(|| {
+                self.config
+                    .line(&i.line)
+                    .and_then(|l| l.recontact_template.clone())
+            })
+            .ok_or(AgentError::NoRecontactTemplate)?;
+        let def = self
+            .store
+            .template(&i.line, &template.name, &template.language)
+            .await?
+            .ok_or_else(|| {
+                AgentError::Template(format!(
+                    "{} ({}) is not synced on line {}",
+                    template.name, template.language, i.line
+                ))
+            })?;
+        if !def.is_approved() {
+            return Err(AgentError::Template(format!(
+                "{} ({}) is {}",
+                def.name, def.language, def.status
+            )));
+        }
+        let variables = campaign.map(|c| c.variables.clone()).unwrap_or_default();
+        let mapping = CompiledMapping::new(&def, &variables)
+            .map_err(|e| AgentError::Template(e.to_string()))?;
+        let contact = self.store.contact_by_phone(&i.phone).await?;
+        let fields = ContactFields {
+            phone: i.phone.clone(),
+            name: contact.as_ref().and_then(|c| c.name.clone()),
+            email: contact.as_ref().and_then(|c| c.email.clone()),
+            fields: contact.map(|c| c.fields).unwrap_or_default(),
+        };
+        let components = mapping
+            .render(&fields)
+            .map_err(|e| AgentError::Template(e.to_string()))?;
+        let rt = self
+            .lines
+            .get(&i.line)
+            .ok_or_else(|| AgentError::UnknownLine(i.line.clone()))?;
+        let message = TemplateMessage {
+            to: i.phone.clone(),
+            template_name: template.name.clone(),
+            language: template.language.clone(),
+            components,
+            callback_data: format!("tc-recontact:{id}"),
+        };
+        let accepted = rt.provider.send_template(&message).await?;
+        self.store
+            .record_outbound(&OutboundMessage {
+                interaction_id: Some(id),
+                line: &i.line,
+                phone: &i.phone,
+                kind: "template",
+                text: Some(&template.name),
+                wamid: Some(&accepted.wamid),
+                at: self.clock.now_millis(),
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The answer a reply picks: a configured key equal to the button payload, the button text or
+/// the typed text, once case, accents and spaces are ignored.
+fn match_answer(campaign: &Campaign, candidates: &[&str]) -> Option<(String, AnswerAction)> {
+    candidates.iter().map(|c| normalize(c)).find_map(|c| {
+        campaign
+            .answers
+            .iter()
+            .find(|a| a.normalized == c)
+            .map(|a| (a.key.clone(), a.action))
+    })
+}

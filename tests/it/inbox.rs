@@ -523,3 +523,79 @@ async fn template_paused_webhook_pauses_the_campaign_and_blacklisted_inbound_ope
     );
     daemon.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_hours_replies_and_handoffs_pushed_to_the_contact_centre() {
+    let db = fresh_db().await;
+    let hook = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/handoff"))
+        .respond_with(wiremock::ResponseTemplate::new(200))
+        .mount(&hook)
+        .await;
+    let text = inbox_config(&db.url, "time_group = \"always\"")
+        .replace(
+            "max_in_flight = 16",
+            "max_in_flight = 16\ntime_group = \"closed\"\nout_of_hours_text = \"We are closed; back at 9.\"",
+        )
+        + &format!(
+            r#"
+[inbox]
+handoff_url = "{}/handoff"
+
+[[time_groups]]
+name = "always"
+timezone = "UTC"
+windows = [ {{ days = "all", from = "00:00", to = "24:00" }} ]
+
+[[time_groups]]
+name = "closed"
+timezone = "UTC"
+windows = [ {{ days = "all", from = "00:00", to = "00:01" }} ]
+holidays = ["{}"]
+"#,
+            hook.uri(),
+            chrono::Utc::now().format("%Y-%m-%d")
+        );
+    let (daemon, config) = start_with(&db, &text, Arc::new(SystemClock)).await;
+    let p = numbers(1);
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "sent", |s| s.hopper["pending"] == 1).await;
+    settle(&daemon).await;
+    inject(
+        &daemon,
+        inbound(&p[0], "text", "Hello, anyone there?", None),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ledger = daemon.simulator.as_ref().unwrap().ledger();
+        let got_text = ledger
+            .iter()
+            .any(|e| e.to == p[0] && e.text.as_deref() == Some("We are closed; back at 9."));
+        let pushed = hook.received_requests().await.unwrap_or_default();
+        if got_text && !pushed.is_empty() {
+            let body: Value = serde_json::from_slice(&pushed[0].body).unwrap();
+            assert_eq!(body["phone"], p[0].as_str());
+            assert_eq!(body["reason"], "replied");
+            assert!(pushed[0].headers.get("x-tiercast-signature-256").is_some());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "out-of-hours text {got_text}, handoff pushes {}",
+            pushed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.shutdown().await;
+}

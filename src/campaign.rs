@@ -109,7 +109,7 @@ pub async fn status(
         sent: counts.sent,
         delivered: counts.delivered,
         read: counts.read,
-        waiting_for_tier: 0,
+        waiting_for_tier: store.waiting_for_tier(row.id).await?,
     })
 }
 

@@ -104,6 +104,11 @@ pub enum Command {
         #[arg(long)]
         campaign: Option<String>,
     },
+    /// Messaging limits: current limit and use per portfolio, or a plan to climb the ladder
+    Tier {
+        #[command(subcommand)]
+        action: TierAction,
+    },
     /// One row per contact of a campaign
     Report {
         #[arg(long)]
@@ -134,6 +139,20 @@ pub enum CampaignAction {
     },
     Stop {
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TierAction {
+    /// Limit, distinct recipients in 24 h and 7 days, and whether the next upgrade can come
+    Status,
+    /// The soonest day-by-day volumes to reach a tier
+    Plan {
+        #[arg(long)]
+        portfolio: String,
+        /// e.g. 10k, 100k, unlimited
+        #[arg(long)]
+        target: String,
     },
 }
 
@@ -306,6 +325,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         .map_err(CliError::Failure)?,
         Command::Templates { action } => templates(config, action).await?,
         Command::Retry { campaign } => retry(config, campaign).await?,
+        Command::Tier { action } => tier(&config, action).await?,
         Command::Report {
             campaign: name,
             format,
@@ -658,6 +678,103 @@ async fn retry(config: Config, only: Option<String>) -> Result<(), CliError> {
     }
     daemon.shutdown().await;
     println!("retry run done: {total} contacts retried");
+    Ok(())
+}
+
+async fn tier(config: &Config, action: TierAction) -> Result<(), CliError> {
+    use crate::domain::{ramp, Tier};
+    let clock = SystemClock;
+    let store = Store::open(&config.server.database_url).await?;
+    for p in &config.portfolios {
+        store
+            .ensure_portfolio_tier(&p.name, p.tier, clock.now_millis())
+            .await?;
+    }
+    let fmt_time = |ms: i64| {
+        crate::clock::from_millis(ms)
+            .format("%Y-%m-%d %H:%M UTC")
+            .to_string()
+    };
+    match action {
+        TierAction::Status => {
+            for p in &config.portfolios {
+                let Some(u) = store.tier_usage(&p.name, clock.now_millis()).await? else {
+                    continue;
+                };
+                println!(
+                    "portfolio {}: tier {} (from {}, since {})",
+                    p.name,
+                    u.tier,
+                    u.source,
+                    fmt_time(u.changed_at)
+                );
+                let limit = u
+                    .limit
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "unlimited".into());
+                println!(
+                    "  used in 24 h: {} of {limit}; distinct users in 7 days: {}",
+                    u.used_24h, u.used_7d
+                );
+                if let Some(at) = u.next_slot_at {
+                    println!("  next slot opens: {}", fmt_time(at));
+                }
+                match (u.limit, u.tier.parse::<Tier>().ok().and_then(ramp::next_tier)) {
+                    (Some(limit), Some(next)) if u.used_7d * 2 >= limit => println!(
+                        "  upgrade: qualifies for {next} (half the limit reached in 7 days); expected within {} if quality is not low",
+                        humantime::format_duration(p.upgrade_delay)
+                    ),
+                    (Some(limit), Some(next)) => println!(
+                        "  upgrade: {} more distinct users within 7 days qualify for {next}",
+                        limit.div_ceil(2).saturating_sub(u.used_7d)
+                    ),
+                    _ => println!("  upgrade: top of the ladder"),
+                }
+            }
+        }
+        TierAction::Plan { portfolio, target } => {
+            let p = config.portfolio(&portfolio).ok_or_else(|| {
+                CliError::Input(format!(
+                    "no portfolio named {portfolio:?} in {}",
+                    config.source
+                ))
+            })?;
+            let target: Tier = target
+                .parse()
+                .map_err(|e: crate::domain::tier::TierError| {
+                    CliError::Input(format!("--target: {e}"))
+                })?;
+            let u = store.tier_usage(&p.name, clock.now_millis()).await?;
+            let (current, used_7d) = match &u {
+                Some(u) => (u.tier.parse().unwrap_or(p.tier), u.used_7d),
+                None => (p.tier, 0),
+            };
+            let steps = ramp::plan(current, target, used_7d, p.upgrade_delay);
+            if steps.is_empty() {
+                println!(
+                    "portfolio {} is at {current}: {target} is already reached",
+                    p.name
+                );
+            }
+            for (i, s) in steps.iter().enumerate() {
+                println!(
+                    "step {}: from +{} at tier {}: reach {} new distinct users (at most {} in any 24 h), then wait for the upgrade",
+                    i + 1,
+                    humantime::format_duration(s.after),
+                    s.tier,
+                    s.send_at_least,
+                    s.send_at_most.map(|m| m.to_string()).unwrap_or_else(|| "unlimited".into())
+                );
+            }
+            if !steps.is_empty() {
+                println!(
+                    "{target} reached after about {} if every upgrade comes on time",
+                    humantime::format_duration(p.upgrade_delay * steps.len() as u32)
+                );
+            }
+        }
+    }
+    store.close().await;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use crate::domain::{CampaignState, Outcome};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{Claimed, FailureAction, Store, StoreError, AWAITING_RETRY_RUN};
+use crate::store::{Claimed, FailureAction, Store, StoreError, TierBudget, AWAITING_RETRY_RUN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -287,6 +287,16 @@ impl Dispatcher {
             .sum::<u64>()
             .max(1);
         let hold_until = self.now() + self.config.server.reconcile_after.as_millis() as Millis;
+        let portfolio = rt.line.portfolio.clone();
+        let tier = match self.store.portfolio_tier(&portfolio).await? {
+            Some(t) => t,
+            None => self
+                .config
+                .portfolio(&portfolio)
+                .map(|p| p.tier)
+                .unwrap_or(crate::domain::Tier::Limited(250)),
+        };
+        let budget = TierBudget { portfolio, tier };
         let mut left = limit;
         for round in 0..2 {
             for c in campaigns {
@@ -301,7 +311,14 @@ impl Dispatcher {
                 };
                 let rows = self
                     .store
-                    .claim_due(c.id, &rt.line.name, self.now(), hold_until, share)
+                    .claim_due(
+                        c.id,
+                        &rt.line.name,
+                        self.now(),
+                        hold_until,
+                        share,
+                        Some(&budget),
+                    )
                     .await?;
                 left -= rows.len();
                 out.extend(rows.into_iter().map(|r| (c.clone(), r)));

@@ -95,6 +95,11 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
                 crate::cli::redact_url(&config.server.database_url)
             )
         })?;
+    for p in &config.portfolios {
+        store
+            .ensure_portfolio_tier(&p.name, p.tier, options.clock.now_millis())
+            .await?;
+    }
     let listen = options.listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await

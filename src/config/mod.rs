@@ -110,6 +110,7 @@ struct RawInbox {
 struct RawPortfolio {
     name: String,
     tier: Option<String>,
+    upgrade_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -252,6 +253,9 @@ pub struct Inbox {
 pub struct Portfolio {
     pub name: String,
     pub tier: Tier,
+    /// How long Meta takes to raise the limit once the portfolio qualifies (6 h since Oct
+    /// 2025; 24 h before).
+    pub upgrade_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +351,7 @@ pub struct Campaign {
 }
 
 pub const DEFAULT_OPT_OUT_KEYWORDS: [&str; 5] = ["STOP", "UNSUBSCRIBE", "BAJA", "SAIR", "PARAR"];
+const DEFAULT_UPGRADE_DELAY: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_THROUGHPUT_MPS: u32 = 80;
 const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
@@ -558,7 +563,16 @@ impl Validator<'_> {
         let mut portfolios = Vec::new();
         for (i, p) in raw.portfolios.into_iter().enumerate() {
             let tier = self.tier(&format!("portfolios[{i}].tier"), p.tier.as_deref())?;
-            portfolios.push(Portfolio { name: p.name, tier });
+            let upgrade_delay = self.duration(
+                &format!("portfolios[{i}].upgrade_delay"),
+                p.upgrade_delay.as_deref(),
+                DEFAULT_UPGRADE_DELAY,
+            )?;
+            portfolios.push(Portfolio {
+                name: p.name,
+                tier,
+                upgrade_delay,
+            });
         }
 
         let line_names = self.unique_names("lines", raw.lines.iter().map(|l| &l.name))?;
@@ -722,6 +736,7 @@ impl Validator<'_> {
                 portfolios.push(Portfolio {
                     name: raw.name.clone(),
                     tier,
+                    upgrade_delay: DEFAULT_UPGRADE_DELAY,
                 });
                 raw.name.clone()
             }

@@ -38,7 +38,7 @@ fn example_config_is_valid() {
         ("call me", "call", AnswerAction::Handoff)
     );
     assert!(c.retry_cron.is_some());
-    assert_eq!(cfg.portfolio("acme").unwrap().tier, Tier::Limited(1000));
+    assert_eq!(cfg.portfolio("acme").unwrap().tier, Tier::Limited(10_000));
     assert_eq!(cfg.time_groups.len(), 2);
     assert_eq!(cfg.import.default_country.as_deref(), Some("BR"));
 }

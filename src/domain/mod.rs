@@ -3,6 +3,7 @@
 pub mod error_class;
 pub mod hopper;
 pub mod phone;
+pub mod ramp;
 pub mod template;
 pub mod text;
 pub mod tier;

@@ -6,7 +6,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
 use crate::dispatch::{failure_action, parse_callback_data};
 use crate::domain::error_class::{classify_meta, ErrorClass};
-use crate::domain::{CampaignState, Outcome};
+use crate::domain::{CampaignState, Outcome, Tier};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::{FailureAction, StatusUpdate, Store, StoreError};
@@ -75,6 +75,44 @@ impl Inbox {
             match event {
                 MetaEvent::Status(status) => self.on_status(status).await?,
                 MetaEvent::Inbound(message) => self.on_inbound(message).await?,
+                MetaEvent::BusinessCapability {
+                    waba_id,
+                    max_daily_conversations_per_business,
+                    max_daily_conversation_per_phone,
+                    ..
+                } => {
+                    let tier = max_daily_conversations_per_business
+                        .as_deref()
+                        .and_then(|t| t.parse::<Tier>().ok())
+                        .or_else(|| {
+                            max_daily_conversation_per_phone
+                                .and_then(|n| n.to_string().parse().ok())
+                        });
+                    if let Some(tier) = tier {
+                        self.tier_changed(waba_id, tier, "business_capability_update")
+                            .await?;
+                    }
+                }
+                MetaEvent::PhoneNumberQuality {
+                    waba_id,
+                    event,
+                    current_limit,
+                    ..
+                } => {
+                    // Legacy (TIER_1K, UPGRADE / DOWNGRADE / FLAGGED) and current vocabularies
+                    // both carry the limit in current_limit when it changed.
+                    if let Some(tier) = current_limit
+                        .as_deref()
+                        .and_then(|t| t.parse::<Tier>().ok())
+                    {
+                        self.tier_changed(
+                            waba_id,
+                            tier,
+                            &format!("phone_number_quality_update {event}"),
+                        )
+                        .await?;
+                    }
+                }
                 MetaEvent::TemplateStatus {
                     name,
                     language,
@@ -98,6 +136,50 @@ impl Inbox {
                     }
                 }
                 _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A new messaging limit for the portfolios of the lines on `waba_id` (every portfolio when
+    /// the webhook names no account we know, as Meta counts per business portfolio).
+    async fn tier_changed(
+        &self,
+        waba_id: &str,
+        tier: Tier,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let mut portfolios: Vec<&str> = self
+            .config
+            .lines
+            .iter()
+            .filter(|l| {
+                l.waba_id.as_deref() == Some(waba_id) || crate::lines::sim_waba_id(l) == waba_id
+            })
+            .map(|l| l.portfolio.as_str())
+            .collect();
+        if portfolios.is_empty() && self.config.portfolios.len() == 1 {
+            portfolios.push(self.config.portfolios[0].name.as_str());
+        }
+        portfolios.sort_unstable();
+        portfolios.dedup();
+        for p in portfolios {
+            if self
+                .store
+                .set_portfolio_tier(p, tier, source, self.clock.now_millis())
+                .await?
+            {
+                tracing::info!(portfolio = p, %tier, source, "messaging limit changed");
+                let lines: Vec<String> = self
+                    .config
+                    .lines
+                    .iter()
+                    .filter(|l| l.portfolio == p)
+                    .map(|l| l.name.clone())
+                    .collect();
+                self.store
+                    .release_tier_waiters(&lines, self.clock.now_millis())
+                    .await?;
             }
         }
         Ok(())

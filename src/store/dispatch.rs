@@ -9,6 +9,7 @@
 //! becomes due again. Every outcome write is guarded by `inflight_attempt_id`, so a late or
 //! duplicated answer can never move a row twice.
 
+use super::tiers::TierBudget;
 use super::{placeholders, value_rows, Backend, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::domain::Outcome;
@@ -86,8 +87,11 @@ const RANK_SQL: &str =
 
 impl Store {
     /// Claims up to `limit` due rows of a campaign and opens an attempt for each.
-    /// Skips contacts that have an open campaign interaction (pending) or a send in flight
-    /// on the same line (SPEC §2 rule 3).
+    /// Skips contacts that have an open campaign interaction (pending), an open agent
+    /// interaction or a send in flight on the same line (SPEC §2 rule 3). With a `budget`,
+    /// reserves the portfolio's messaging limit in the same transaction: a recipient already
+    /// reached in the last 24 h costs nothing, a new one takes a slot while slots remain, and
+    /// the rest wait (`waiting_for_tier`) until the oldest recipient leaves the window.
     pub async fn claim_due(
         &self,
         campaign_id: i64,
@@ -95,6 +99,7 @@ impl Store {
         now: Millis,
         hold_until: Millis,
         limit: usize,
+        budget: Option<&TierBudget>,
     ) -> StoreResult<Vec<Claimed>> {
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -132,42 +137,10 @@ impl Store {
         }
         claimed.sort_unstable();
 
-        let sql = format!(
-            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) VALUES {} RETURNING id, hopper_id",
-            value_rows(claimed.len(), 5, 1)
-        );
-        let sql = self.bulk_sql(sql);
-        let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in &claimed {
-            q = q
-                .bind(*hopper_id)
-                .bind(campaign_id)
-                .bind(line)
-                .bind("sending")
-                .bind(now);
-        }
-        let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(claimed.len());
-        for row in q.fetch_all(&mut *tx).await? {
-            attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
-        }
-        let ids = placeholders(1, claimed.len());
-        let sql = format!(
-            "UPDATE hopper SET inflight_attempt_id = \
-               (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
-             WHERE id IN ({ids})"
-        );
-        let sql = self.bulk_sql(sql);
-        let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in &claimed {
-            q = q.bind(*hopper_id);
-        }
-        q.execute(&mut *tx).await?;
-
-        let sql = format!(
+        let sql = self.bulk_sql(format!(
             "SELECT id, phone, name, email, fields FROM contacts WHERE id IN ({})",
             placeholders(1, claimed.len())
-        );
-        let sql = self.bulk_sql(sql);
+        ));
         let mut q = sqlx::query(&sql);
         for (_, contact_id, _) in &claimed {
             q = q.bind(*contact_id);
@@ -188,6 +161,69 @@ impl Store {
                 ),
             );
         }
+
+        if let Some(budget) = budget {
+            let phone_of = |contact_id: &i64| {
+                contacts
+                    .get(contact_id)
+                    .map(|c| c.0.clone())
+                    .unwrap_or_default()
+            };
+            let phones: Vec<String> = claimed.iter().map(|(_, c, _)| phone_of(c)).collect();
+            let admitted = self
+                .reserve_recipients(&mut tx, budget, &phones, now)
+                .await?;
+            let (kept, held): (Vec<_>, Vec<_>) = claimed
+                .into_iter()
+                .zip(admitted.iter())
+                .partition(|(_, ok)| **ok);
+            claimed = kept.into_iter().map(|(c, _)| c).collect();
+            if !held.is_empty() {
+                let opens_at = self.next_tier_slot(&mut tx, &budget.portfolio, now).await?;
+                let sql = self.bulk_sql(format!(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, waiting_for_tier = 1, next_attempt_at = $1 WHERE id IN ({})",
+                    placeholders(2, held.len())
+                ));
+                let mut q = sqlx::query(&sql).bind(opens_at);
+                for ((hopper_id, _, _), _) in &held {
+                    q = q.bind(*hopper_id);
+                }
+                q.execute(&mut *tx).await?;
+            }
+            if claimed.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
+        }
+
+        let sql = self.bulk_sql(format!(
+            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) VALUES {} RETURNING id, hopper_id",
+            value_rows(claimed.len(), 5, 1)
+        ));
+        let mut q = sqlx::query(&sql);
+        for (hopper_id, _, _) in &claimed {
+            q = q
+                .bind(*hopper_id)
+                .bind(campaign_id)
+                .bind(line)
+                .bind("sending")
+                .bind(now);
+        }
+        let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(claimed.len());
+        for row in q.fetch_all(&mut *tx).await? {
+            attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
+        }
+        let sql = self.bulk_sql(format!(
+            "UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = \
+               (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
+             WHERE id IN ({})",
+            placeholders(1, claimed.len())
+        ));
+        let mut q = sqlx::query(&sql);
+        for (hopper_id, _, _) in &claimed {
+            q = q.bind(*hopper_id);
+        }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
 
         let mut out = Vec::with_capacity(claimed.len());

@@ -11,6 +11,7 @@ mod contacts;
 mod dispatch;
 mod inbox;
 mod templates;
+mod tiers;
 
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
@@ -20,6 +21,7 @@ pub use dispatch::{
 pub use inbox::{
     InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
 };
+pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;

@@ -7,4 +7,5 @@ mod import;
 mod inbox;
 mod sending;
 mod sim_api;
+mod tiers;
 mod webhook_corpus;

@@ -1,0 +1,273 @@
+//! Messaging-limit tiers per portfolio: the current tier and its history, and the recipients
+//! reached in the moving 24 h window (SPEC §3). Reservations happen inside the claim's
+//! transaction (see `claim_due`), so the budget stays exact with several lines and daemons:
+//! SQLite has one writer, and on PostgreSQL the portfolio's row is locked `FOR UPDATE`.
+
+use super::{placeholders, Backend, Store, StoreResult};
+use crate::clock::Millis;
+use crate::domain::Tier;
+use sqlx::any::Any;
+use sqlx::{Row, Transaction};
+use std::collections::HashSet;
+
+pub const DAY_MILLIS: Millis = 24 * 3600 * 1000;
+
+/// The budget a claim must respect: the portfolio and its current limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierBudget {
+    pub portfolio: String,
+    pub tier: Tier,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TierUsage {
+    pub portfolio: String,
+    pub tier: String,
+    pub limit: Option<u64>,
+    pub source: String,
+    pub changed_at: Millis,
+    /// Distinct recipients of business-initiated templates in the last 24 h.
+    pub used_24h: u64,
+    /// … and in the last 7 days (the upgrade rule looks at these).
+    pub used_7d: u64,
+    /// When the oldest recipient of the window leaves it (a slot opens), if the window holds any.
+    pub next_slot_at: Option<Millis>,
+}
+
+impl Store {
+    /// Records the portfolio's starting tier from the config, unless the database already
+    /// knows a tier (from Meta's API or webhooks), which wins.
+    pub async fn ensure_portfolio_tier(
+        &self,
+        portfolio: &str,
+        tier: Tier,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO portfolio_tiers (portfolio, tier, source, changed_at) VALUES ($1, $2, 'config', $3) \
+             ON CONFLICT (portfolio) DO NOTHING",
+        )
+        .bind(portfolio)
+        .bind(tier.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn portfolio_tier(&self, portfolio: &str) -> StoreResult<Option<Tier>> {
+        let tier: Option<String> =
+            sqlx::query_scalar("SELECT tier FROM portfolio_tiers WHERE portfolio = $1")
+                .bind(portfolio)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(tier.and_then(|t| t.parse().ok()))
+    }
+
+    /// A new tier from `source`; kept in the history. Returns whether it changed.
+    pub async fn set_portfolio_tier(
+        &self,
+        portfolio: &str,
+        tier: Tier,
+        source: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<String> =
+            sqlx::query_scalar("SELECT tier FROM portfolio_tiers WHERE portfolio = $1")
+                .bind(portfolio)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let new = tier.to_string();
+        if old.as_deref() == Some(new.as_str()) {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO portfolio_tiers (portfolio, tier, source, changed_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (portfolio) DO UPDATE SET tier = excluded.tier, source = excluded.source, changed_at = excluded.changed_at",
+        )
+        .bind(portfolio)
+        .bind(&new)
+        .bind(source)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO tier_changes (portfolio, old_tier, new_tier, source, at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(portfolio)
+            .bind(old)
+            .bind(&new)
+            .bind(source)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Admits the recipients that fit the portfolio's budget, in order, and records them as
+    /// reached now. `true` at position i: `phones[i]` may be sent.
+    pub(crate) async fn reserve_recipients(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        budget: &TierBudget,
+        phones: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<bool>> {
+        if self.backend == Backend::Postgres {
+            // Serialises reservations of one portfolio across daemons.
+            sqlx::query("SELECT tier FROM portfolio_tiers WHERE portfolio = $1 FOR UPDATE")
+                .bind(&budget.portfolio)
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        let window_start = now - DAY_MILLIS;
+        let sql = self.bulk_sql(format!(
+            "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2 AND phone IN ({})",
+            placeholders(3, phones.len())
+        ));
+        let mut q = sqlx::query(&sql).bind(&budget.portfolio).bind(window_start);
+        for p in phones {
+            q = q.bind(p.as_str());
+        }
+        let known: HashSet<String> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        let mut used: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2",
+        )
+        .bind(&budget.portfolio)
+        .bind(window_start)
+        .fetch_one(&mut **tx)
+        .await?;
+        let limit = budget.tier.limit().map(|l| l as i64).unwrap_or(i64::MAX);
+        let mut admitted = Vec::with_capacity(phones.len());
+        let mut reached = Vec::new();
+        for phone in phones {
+            let ok = if known.contains(phone) {
+                true
+            } else if used < limit {
+                used += 1;
+                true
+            } else {
+                false
+            };
+            if ok {
+                reached.push(phone.as_str());
+            }
+            admitted.push(ok);
+        }
+        for chunk in reached.chunks(300) {
+            let sql = self.bulk_sql(format!(
+                "INSERT INTO tier_recipients (portfolio, phone, last_sent_at) VALUES {} \
+                 ON CONFLICT (portfolio, phone) DO UPDATE SET last_sent_at = excluded.last_sent_at",
+                super::value_rows(chunk.len(), 3, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for p in chunk {
+                q = q.bind(&budget.portfolio).bind(*p).bind(now);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(admitted)
+    }
+
+    /// When the next slot of a full portfolio opens: the oldest recipient's send + 24 h.
+    pub(crate) async fn next_tier_slot(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        portfolio: &str,
+        now: Millis,
+    ) -> StoreResult<Millis> {
+        let oldest: Option<Millis> = sqlx::query_scalar("SELECT MIN(last_sent_at) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2")
+            .bind(portfolio)
+            .bind(now - DAY_MILLIS)
+            .fetch_one(&mut **tx)
+            .await?;
+        Ok(oldest.map(|t| t + DAY_MILLIS + 1).unwrap_or(now + 60_000))
+    }
+
+    /// A recipient reached outside campaigns (a recontact template): counted like the rest.
+    pub async fn reserve_one(
+        &self,
+        budget: &TierBudget,
+        phone: &str,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let ok = self
+            .reserve_recipients(&mut tx, budget, &[phone.to_string()], now)
+            .await?;
+        tx.commit().await?;
+        Ok(ok.first().copied().unwrap_or(false))
+    }
+
+    pub async fn tier_usage(&self, portfolio: &str, now: Millis) -> StoreResult<Option<TierUsage>> {
+        let row = sqlx::query(
+            "SELECT tier, source, changed_at FROM portfolio_tiers WHERE portfolio = $1",
+        )
+        .bind(portfolio)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let tier: String = row.try_get(0)?;
+        let count = |since: Millis| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2",
+            )
+            .bind(portfolio)
+            .bind(since)
+            .fetch_one(&self.pool)
+        };
+        let used_24h = count(now - DAY_MILLIS).await? as u64;
+        let used_7d = count(now - 7 * DAY_MILLIS).await? as u64;
+        let oldest: Option<Millis> = sqlx::query_scalar("SELECT MIN(last_sent_at) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2")
+            .bind(portfolio)
+            .bind(now - DAY_MILLIS)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(Some(TierUsage {
+            portfolio: portfolio.to_string(),
+            limit: tier.parse::<Tier>().ok().and_then(Tier::limit),
+            tier,
+            source: row.try_get(1)?,
+            changed_at: row.try_get(2)?,
+            used_24h,
+            used_7d,
+            next_slot_at: oldest.map(|t| t + DAY_MILLIS),
+        }))
+    }
+
+    /// Rows of a campaign held back by the tier budget right now.
+    pub async fn waiting_for_tier(&self, campaign_id: i64) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND waiting_for_tier = 1 AND state IN ('fresh', 'retry')",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n as u64)
+    }
+}
+
+impl Store {
+    /// The limit rose: rows held for a slot of this portfolio become due now.
+    pub async fn release_tier_waiters(&self, lines: &[String], now: Millis) -> StoreResult<u64> {
+        if lines.is_empty() {
+            return Ok(0);
+        }
+        let sql = self.bulk_sql(format!(
+            "UPDATE hopper SET next_attempt_at = $1 WHERE waiting_for_tier = 1 AND state IN ('fresh', 'retry') \
+             AND inflight_attempt_id IS NULL AND line IN ({})",
+            placeholders(2, lines.len())
+        ));
+        let mut q = sqlx::query(&sql).bind(now);
+        for l in lines {
+            q = q.bind(l.as_str());
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected())
+    }
+}

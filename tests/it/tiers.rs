@@ -1,0 +1,134 @@
+//! The messaging-limit budget per portfolio (SPEC §3): distinct recipients in a moving 24 h
+//! window never exceed the tier; recipients already counted cost nothing; held contacts show
+//! as waiting_for_tier and go when a slot opens or the tier rises.
+
+use crate::helpers::*;
+use crate::sending::{all_delivered, load, numbers, settle, wait_for};
+use std::sync::Arc;
+use std::time::Duration;
+use tiercast::campaign;
+use tiercast::clock::{Clock, ManualClock};
+use tiercast::config::Config;
+use tiercast::domain::CampaignCommand;
+use tiercast::serve::{self, ServeOptions};
+
+fn config(url: &str) -> String {
+    format!(
+        r#"
+[server]
+database_url = "{url}"
+
+[[portfolios]]
+name = "acme"
+tier = "10"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+portfolio = "acme"
+throughput_mps = 500
+
+[[campaigns]]
+name = "c"
+line = "main"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:5%" }}
+response_timeout = "1h"
+
+[[campaigns]]
+name = "c2"
+line = "main"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:5%" }}
+response_timeout = "1h"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
+    let db = fresh_db().await;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
+    let daemon = serve::start(
+        cfg.clone(),
+        ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            simulator: Some(Box::new(all_delivered)),
+            ..ServeOptions::new(Arc::new(clock.clone()))
+        },
+    )
+    .await
+    .unwrap();
+    let sim = daemon.simulator.clone().unwrap();
+    load(&daemon, &numbers(25)).await;
+    campaign::command(&daemon.store, &clock, &cfg, "c", CampaignCommand::Start)
+        .await
+        .unwrap();
+    let s = wait_for(&daemon, &cfg, "tier reached", |s| {
+        s.sent == 10 && s.waiting_for_tier == 15
+    })
+    .await;
+    assert_eq!(s.hopper["fresh"], 15);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.ledger().len(), 10, "never more than the tier");
+    let usage = daemon
+        .store
+        .tier_usage("acme", clock.now_millis())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((usage.used_24h, usage.limit), (10, Some(10)));
+
+    // An hour later the answers timed out; a second campaign to the same list may reach the
+    // ten already counted at no cost, and no one else.
+    clock.advance(Duration::from_secs(3600 + 60));
+    campaign::command(&daemon.store, &clock, &cfg, "c2", CampaignCommand::Start)
+        .await
+        .unwrap();
+    let c2 = cfg.campaign("c2").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = campaign::status(&daemon.store, &clock, c2).await.unwrap();
+        if s.sent == 10 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settle(&daemon).await;
+    let ledger = sim.ledger();
+    assert_eq!(ledger.len(), 20);
+    let mut distinct: Vec<&str> = ledger.iter().map(|e| e.to.as_str()).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        10,
+        "the second campaign reached only recipients already counted"
+    );
+
+    // Meta raises the limit (business_capability_update): the held contacts go.
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": tiercast::lines::sim_waba_id(&cfg.lines[0]), "time": 1795000000,
+        "changes": [{"field": "business_capability_update", "value": {"max_daily_conversations_per_business": "TIER_2K", "max_phone_numbers_per_business": 2}}]}]})
+    .to_string();
+    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/meta", daemon.url()))
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        daemon.store.portfolio_tier("acme").await.unwrap(),
+        Some(tiercast::domain::Tier::Limited(2000))
+    );
+    // The held contacts go at once under the new limit.
+    let s = wait_for(&daemon, &cfg, "held contacts sent", |s| s.sent == 25).await;
+    assert_eq!(s.waiting_for_tier, 0);
+    daemon.shutdown().await;
+}

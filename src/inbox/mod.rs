@@ -75,6 +75,17 @@ impl Inbox {
             match event {
                 MetaEvent::Status(status) => self.on_status(status).await?,
                 MetaEvent::Inbound(message) => self.on_inbound(message).await?,
+                MetaEvent::TemplateQuality {
+                    name,
+                    language,
+                    new,
+                    ..
+                } => {
+                    self.store
+                        .set_template_quality(name, language, new, self.clock.now_millis())
+                        .await?;
+                    tracing::info!(template = %name, %language, quality = %new, "template quality changed");
+                }
                 MetaEvent::BusinessCapability {
                     waba_id,
                     max_daily_conversations_per_business,

@@ -128,3 +128,42 @@ impl Store {
         Ok(n)
     }
 }
+
+impl Store {
+    /// A `message_template_quality_update`: shown by `templates list` and the API.
+    pub async fn set_template_quality(
+        &self,
+        name: &str,
+        language: &str,
+        quality: &str,
+        now: Millis,
+    ) -> StoreResult<u64> {
+        let rows =
+            sqlx::query("SELECT id, components FROM templates WHERE name = $1 AND language = $2")
+                .bind(name)
+                .bind(language)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut n = 0;
+        for r in rows {
+            let id: i64 = r.try_get(0)?;
+            let json: String = r.try_get(1)?;
+            let mut def: TemplateDef = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
+            def.quality = Some(quality.to_string());
+            let json = serde_json::to_string(&def)
+                .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
+            sqlx::query(
+                "UPDATE templates SET quality = $2, components = $3, synced_at = $4 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(quality)
+            .bind(json)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -509,6 +509,28 @@ async fn template_paused_webhook_pauses_the_campaign_and_blacklisted_inbound_ope
     assert!(list.as_array().unwrap().is_empty(), "opens nothing");
     assert_eq!(row_of(&daemon, &p[0], "c").await.0, "pending");
 
+    // A quality change is stored and shown with the template.
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "time": 1795000000, "changes": [{"field": "message_template_quality_update",
+        "value": {"previous_quality_score": "GREEN", "new_quality_score": "YELLOW", "message_template_id": 1000000000000001_i64,
+                  "message_template_name": "renewal_reminder", "message_template_language": "pt-BR"}}]}]})
+    .to_string();
+    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/meta", daemon.url()))
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let def = daemon
+        .store
+        .template("main", "renewal_reminder", "pt_BR")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(def.quality.as_deref(), Some("YELLOW"));
+
     let sim = daemon.simulator.as_ref().unwrap();
     assert!(sim.set_template_status("renewal_reminder", "pt_BR", "PAUSED"));
     sim.flush_webhooks().await;

@@ -78,6 +78,8 @@ enum SendResult {
 
 #[derive(Clone)]
 pub struct Dispatcher {
+    /// This daemon's name in leases (host, process, random suffix).
+    holder: Arc<str>,
     store: Store,
     clock: SharedClock,
     config: Arc<Config>,
@@ -91,12 +93,23 @@ impl Dispatcher {
         config: Arc<Config>,
         lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     ) -> Self {
+        let holder = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "tiercast".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
         Dispatcher {
+            holder: holder.into(),
             store,
             clock,
             config,
             lines,
         }
+    }
+
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     fn now(&self) -> Millis {
@@ -521,9 +534,42 @@ impl Dispatcher {
         let mut refreshed_at: Option<Instant> = None;
         let capacity = rt.line.max_in_flight.max(1);
         m::line_throughput(&line, rt.line.throughput_mps);
+        let lease = format!("line:{line}");
+        let ttl = self.config.server.lease_ttl;
+        let mut renewed_at: Option<Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            // One daemon drives a line at a time (SPEC §6); renew well before expiry.
+            if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3) {
+                match self
+                    .store
+                    .acquire_lease(&lease, &self.holder, self.now(), ttl.as_millis() as Millis)
+                    .await
+                {
+                    Ok(true) => {
+                        if renewed_at.is_none() {
+                            tracing::info!(line = %line, holder = %self.holder, "driving the line");
+                        }
+                        renewed_at = Some(Instant::now());
+                    }
+                    Ok(false) | Err(_) => {
+                        if renewed_at.take().is_some() {
+                            tracing::warn!(line = %line, "lost the line's lease; another daemon drives it");
+                        }
+                        while let Some(done) = sends.try_join_next() {
+                            if let Ok(Err(e)) = done {
+                                tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep((ttl / 5).max(Duration::from_millis(200))) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                }
             }
             while let Some(done) = sends.try_join_next() {
                 if let Ok(Err(e)) = done {
@@ -607,6 +653,9 @@ impl Dispatcher {
             if let Ok(Err(e)) = done {
                 tracing::error!(line = %line, error = %e, "recording a send failed during shutdown; the row will be reconciled");
             }
+        }
+        if renewed_at.is_some() {
+            let _ = self.store.release_lease(&lease, &self.holder).await;
         }
         tracing::info!(line = %line, "dispatcher stopped");
     }

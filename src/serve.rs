@@ -199,6 +199,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         );
     }
     tasks.spawn(housekeeping(
+        dispatcher.holder().to_string(),
         store.clone(),
         inbox.clone(),
         options.clock.clone(),
@@ -274,6 +275,7 @@ pub async fn sync_templates(
 
 /// Periodic duties: response timeouts, gauges from the database, cron-scheduled retry runs.
 async fn housekeeping(
+    holder: String,
     store: Store,
     inbox: Inbox,
     clock: SharedClock,
@@ -286,6 +288,19 @@ async fn housekeeping(
             return;
         }
         let now = clock.now();
+        // Singleton duties run in one daemon at a time.
+        let ttl = config.server.lease_ttl.as_millis() as i64;
+        if !store
+            .acquire_lease("singleton", &holder, clock.now_millis(), ttl)
+            .await
+            .unwrap_or(false)
+        {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         if let Err(e) = inbox.expire_timeouts().await {
             tracing::error!(error = %e, "response timeouts not applied; retrying");
         }

@@ -88,6 +88,7 @@ struct RawServer {
     admin_token_env: Option<String>,
     reconcile_after: Option<String>,
     shutdown_grace: Option<String>,
+    lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -234,6 +235,9 @@ pub struct Server {
     pub admin_token_env: Option<String>,
     pub reconcile_after: Duration,
     pub shutdown_grace: Duration,
+    /// How long a daemon's hold on a line (or the singleton duties) lasts without renewal;
+    /// another daemon takes over after it expires.
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -639,6 +643,11 @@ impl Validator<'_> {
                 "server.shutdown_grace",
                 raw.shutdown_grace.as_deref(),
                 Duration::from_secs(10),
+            )?,
+            lease_ttl: self.duration(
+                "server.lease_ttl",
+                raw.lease_ttl.as_deref(),
+                Duration::from_secs(15),
             )?,
         })
     }

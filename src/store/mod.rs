@@ -10,6 +10,7 @@ mod campaigns;
 mod contacts;
 mod dispatch;
 mod inbox;
+mod leases;
 mod templates;
 mod tiers;
 

@@ -5,6 +5,7 @@ mod campaigns;
 mod helpers;
 mod import;
 mod inbox;
+mod multi;
 mod sending;
 mod sim_api;
 mod tiers;

@@ -1,0 +1,50 @@
+//! Leases (SPEC §6): one daemon at a time drives a line or runs a singleton duty. Taking and
+//! renewing is one conditional upsert, so two daemons can never both believe they hold it.
+
+use super::{Store, StoreResult};
+use crate::clock::Millis;
+
+impl Store {
+    /// Takes the lease if it is free, expired, or already ours; renews it if ours.
+    /// Returns whether `holder` holds it until `now + ttl`.
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Millis,
+        ttl: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ttl)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Gives a lease back (graceful shutdown), so another daemon need not wait for expiry.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn lease_holder(&self, name: &str, now: Millis) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2")
+                .bind(name)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -252,7 +252,7 @@ impl Dispatcher {
         let mut sends = JoinSet::new();
         for (campaign, row) in self.claim(&rt, &campaigns, limit).await? {
             report.claimed += 1;
-            rt.limiter.until_ready().await;
+            rt.pacer.until_ready().await;
             let this = self.clone();
             let rt = rt.clone();
             sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
@@ -443,6 +443,9 @@ impl Dispatcher {
         error: SendError,
     ) -> Result<SendResult, StoreError> {
         let c = error.classification();
+        if matches!(error, SendError::Api { code: 130429, .. }) {
+            rt.pacer.throttled(Instant::now());
+        }
         let code = match &error {
             SendError::Api { code, .. } => Some(*code),
             _ => None,
@@ -576,6 +579,7 @@ impl Dispatcher {
                     tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
                 }
             }
+            rt.pacer.recover(Instant::now());
             let stale = refreshed_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
                 || campaigns.iter().any(|c| c.paused.load(Ordering::SeqCst));
             if stale {
@@ -624,7 +628,7 @@ impl Dispatcher {
             let mut claimed = claimed.into_iter();
             for (campaign, row) in claimed.by_ref() {
                 tokio::select! {
-                    _ = rt.limiter.until_ready() => {}
+                    _ = rt.pacer.until_ready() => {}
                     _ = shutdown.changed() => {
                         // Give back this row and the rest of the batch untouched.
                         let _ = self.store.record_failure(row.attempt_id, &FailureAction::Untouched, None, "shutdown", "daemon shutting down", self.now()).await;

@@ -17,6 +17,7 @@ pub mod import;
 pub mod inbox;
 pub mod lines;
 pub mod metrics;
+pub mod pacer;
 pub mod provider;
 pub mod serve;
 pub mod sim;

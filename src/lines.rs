@@ -19,7 +19,7 @@ pub const SIM_API_VERSION: &str = "v23.0";
 pub struct LineRuntime {
     pub line: Line,
     pub provider: MetaClient,
-    pub limiter: DefaultDirectRateLimiter,
+    pub pacer: crate::pacer::Pacer,
     pub app_secret: Secret,
     pub verify_token: Option<Secret>,
     pub waba_id: String,
@@ -154,7 +154,7 @@ fn runtime(
     Ok(LineRuntime {
         line: line.clone(),
         provider,
-        limiter: throughput_limiter(line.throughput_mps),
+        pacer: crate::pacer::Pacer::new(&line.name, line.throughput_mps),
         app_secret,
         verify_token,
         waba_id,

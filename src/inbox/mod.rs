@@ -110,6 +110,9 @@ impl Inbox {
                     current_limit,
                     ..
                 } => {
+                    if event == "THROUGHPUT_UPGRADE" {
+                        self.throughput_upgrade(waba_id);
+                    }
                     // Legacy (TIER_1K, UPGRADE / DOWNGRADE / FLAGGED) and current vocabularies
                     // both carry the limit in current_limit when it changed.
                     if let Some(tier) = current_limit
@@ -194,6 +197,22 @@ impl Inbox {
             }
         }
         Ok(())
+    }
+
+    /// Meta raised the number's throughput: lines that follow upgrades may send 1,000 msg/s.
+    fn throughput_upgrade(&self, waba_id: &str) {
+        for l in self
+            .config
+            .lines
+            .iter()
+            .filter(|l| l.follow_throughput_upgrades)
+        {
+            if l.waba_id.as_deref() == Some(waba_id) || crate::lines::sim_waba_id(l) == waba_id {
+                if let Some(rt) = self.lines.get(&l.name) {
+                    rt.pacer.raise_max(1000, std::time::Instant::now());
+                }
+            }
+        }
     }
 
     pub async fn opt_out(&self, phone: &str, reason: &str, source: &str) -> Result<(), StoreError> {

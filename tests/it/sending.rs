@@ -308,6 +308,13 @@ async fn throttling_requeues_without_spending_attempts() {
             .await
             .unwrap();
     assert!(throttled > 0, "the simulator did throttle");
+    let pacer = &daemon.lines["main"].pacer;
+    assert!(
+        pacer.current() < pacer.max(),
+        "130429 slowed the line down: {} of {}",
+        pacer.current(),
+        pacer.max()
+    );
     assert_eq!(sim.ledger().len(), 30);
     daemon.shutdown().await;
 }
@@ -623,6 +630,42 @@ async fn never_more_than_throughput_in_any_one_second_window() {
     assert!(
         worst >= mps as usize / 2,
         "pacing should still use the line: {worst}"
+    );
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_upgrade_webhook_raises_a_following_line_to_1000() {
+    let db = fresh_db().await;
+    let cfg = config_text(&db.url, 80, "renewal_reminder", "").replace(
+        "max_in_flight = 16",
+        "max_in_flight = 16\nfollow_throughput_upgrades = true",
+    );
+    let (daemon, config) = start(&db, &cfg, all_delivered).await;
+    assert_eq!(daemon.lines["main"].pacer.max(), 80);
+    let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": tiercast::lines::sim_waba_id(&config.lines[0]), "time": 1795000000,
+        "changes": [{"field": "phone_number_quality_update", "value": {"display_phone_number": "15550000000", "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED"}}]}]})
+    .to_string();
+    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
+    let resp = reqwest::Client::new()
+        .post(format!("{}/webhooks/meta", daemon.url()))
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        (
+            daemon.lines["main"].pacer.max(),
+            daemon.lines["main"].pacer.current()
+        ),
+        (1000, 1000)
+    );
+    let portfolio = &config.lines[0].portfolio;
+    assert_eq!(
+        daemon.store.portfolio_tier(portfolio).await.unwrap(),
+        Some(tiercast::domain::Tier::Unlimited)
     );
     daemon.shutdown().await;
 }

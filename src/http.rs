@@ -1,6 +1,9 @@
 //! The daemon's HTTP surface (SPEC §5.3): Meta's webhook endpoint (handshake and signed
-//! events), `/metrics`, `/healthz`, `/readyz`. The admin API is mounted beside it.
+//! events), `/metrics`, `/healthz`, `/readyz`. The admin API ([`crate::api`]) is mounted beside it.
 
+use crate::api::{self, ApiState};
+use crate::clock::SharedClock;
+use crate::config::Config;
 use crate::inbox::Inbox;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
@@ -25,9 +28,16 @@ pub struct HttpState {
     pub inbox: Inbox,
     pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     pub metrics: Option<PrometheusHandle>,
+    pub clock: SharedClock,
+    pub config: Arc<Config>,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let api = api::router(ApiState::new(
+        state.store.clone(),
+        state.clock.clone(),
+        state.config.clone(),
+    ));
     Router::new()
         .route("/webhooks/meta", get(meta_handshake).post(meta_events))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
@@ -35,6 +45,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(api)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

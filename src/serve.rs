@@ -159,6 +159,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         inbox: inbox.clone(),
         lines: lines.clone(),
         metrics: metrics_handle(),
+        clock: options.clock.clone(),
+        config: config.clone(),
     });
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -265,6 +267,10 @@ async fn housekeeping(
             return;
         }
         let now = clock.now();
+        match crate::tiers::usage(&store, &config, clock.now_millis()).await {
+            Ok(usage) => crate::tiers::export(&usage),
+            Err(e) => tracing::warn!(error = %e, "tier use not measured"),
+        }
         for c in &config.campaigns {
             let Ok(row) = store.ensure_campaign(&c.name, clock.now_millis()).await else {
                 continue;
@@ -272,6 +278,8 @@ async fn housekeeping(
             for s in CampaignState::ALL {
                 m::campaign_state(&c.name, s.as_str(), *s == row.state);
             }
+            // Nothing waits for the tier until the pacer reserves the budget.
+            m::waiting_for_tier(&c.name, 0);
             if let Ok(counts) = store.hopper_counts(row.id).await {
                 for s in HopperState::ALL {
                     m::hopper_contacts(&c.name, s.as_str(), counts.state(*s));

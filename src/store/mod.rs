@@ -6,11 +6,13 @@
 //! for claims) the function picks its statement by [`Backend`]. No function holds a
 //! transaction across anything but database calls.
 
+mod admin;
 mod campaigns;
 mod contacts;
 mod dispatch;
 mod templates;
 
+pub use admin::{ContactCampaignRow, OptOutRecord};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{

@@ -1,9 +1,11 @@
 //! Integration tests: the real store on a fresh database per test, the real binary where the
 //! behaviour is the command line's.
 
+mod api;
 mod campaigns;
 mod helpers;
 mod import;
+mod metrics;
 mod sending;
 mod sim_api;
 mod webhook_corpus;

@@ -458,8 +458,139 @@ async fn import_refuses_bad_files_with_the_line() {
         (status, error_code(&body)),
         (StatusCode::CONFLICT, "not_startable")
     );
+
+    // A CSV body far above the JSON limit is fine; its huge field is a rejected row.
+    let big = format!(
+        "phone,note\n+5511970001001,short\n+5511970001002,{}\n",
+        "x".repeat(100 * 1024)
+    );
+    let (status, body) = api
+        .post_raw("/api/lists/api-l/import", "text/csv", &big)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["imported"], &body["invalid"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(body["rejected"][0]["line"], 3);
+    assert!(
+        body["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("bytes"),
+        "{body}"
+    );
     daemon.shutdown().await;
 }
+
+/// The store's read models behind the API, on both backends.
+async fn store_read_models(db: TestDb) {
+    use tiercast::clock::Clock;
+    use tiercast::domain::Outcome;
+    use tiercast::import::{import, BytesSource, ImportOptions};
+    let csv = "phone,name\n+5511970003001,A\n+5511970003002,B\n+5511970003003,C\n";
+    let options = ImportOptions {
+        list: "l".into(),
+        default_country: None,
+        opt_in: false,
+        batch_size: 100,
+        progress: false,
+    };
+    let source = BytesSource {
+        name: "t.csv".into(),
+        bytes: csv.as_bytes(),
+    };
+    import(&db.store, &db.clock, &source, &options)
+        .await
+        .unwrap();
+    let now = db.clock.now_millis();
+    let c = db.store.ensure_campaign("c", now).await.unwrap();
+    db.store
+        .load_hopper(c.id, "main", &["l".to_string()], false, now)
+        .await
+        .unwrap();
+    // Two of the three were sent a template, one of them more than 24 h ago.
+    for (phone, sent_at) in [
+        ("+5511970003001", now - 1000),
+        ("+5511970003002", now - 25 * 3600 * 1000),
+    ] {
+        sqlx::query("UPDATE hopper SET sent_at = $1, state = 'pending' WHERE contact_id IN (SELECT id FROM contacts WHERE phone = $2)")
+            .bind(sent_at)
+            .bind(phone)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+    }
+    let day = 24 * 3600 * 1000;
+    let main = ["main".to_string()];
+    assert_eq!(
+        db.store.recipients_since(&main, now - day).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        db.store
+            .recipients_since(&main, now - 2 * day)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        db.store
+            .recipients_since(&["other".to_string()], 0)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(db.store.recipients_since(&[], 0).await.unwrap(), 0);
+
+    let contact = db
+        .store
+        .contact_by_phone("+5511970003001")
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = db.store.contact_campaign_rows(contact.id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].campaign.as_str(), rows[0].state.as_str()),
+        ("c", "pending")
+    );
+    assert_eq!(rows[0].sent_at, Some(now - 1000));
+
+    assert!(db
+        .store
+        .opt_out_of("+5511970003001")
+        .await
+        .unwrap()
+        .is_none());
+    db.store
+        .add_opt_out("+5511970003001", "r1", "api", now)
+        .await
+        .unwrap();
+    db.store
+        .add_opt_out("+5511970003002", "r2", "keyword", now + 1)
+        .await
+        .unwrap();
+    db.store
+        .close_open_rows_of_phone("+5511970003001", Outcome::OptedOut, now)
+        .await
+        .unwrap();
+    let o = db
+        .store
+        .opt_out_of("+5511970003001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((o.reason.as_str(), o.source.as_str()), ("r1", "api"));
+    let (page, total) = db.store.opt_outs_page(1, 0).await.unwrap();
+    assert_eq!((page.len(), total), (1, 2));
+    assert_eq!(page[0].phone, "+5511970003002", "newest first");
+    let (page, _) = db.store.opt_outs_page(10, 1).await.unwrap();
+    assert_eq!(page[0].phone, "+5511970003001");
+    let rows = db.store.contact_campaign_rows(contact.id).await.unwrap();
+    assert_eq!(rows[0].outcome.as_deref(), Some("opted_out"));
+}
+crate::both_backends!(store_read_models);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contacts_and_opt_outs() {

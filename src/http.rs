@@ -1,6 +1,9 @@
 //! The daemon's HTTP surface (SPEC §5.3): Meta's webhook endpoint (handshake and signed
-//! events), `/metrics`, `/healthz`, `/readyz`. The admin API is mounted beside it.
+//! events), `/metrics`, `/healthz`, `/readyz`. The admin API ([`crate::api`]) is mounted beside it.
 
+use crate::api::{self, ApiState};
+use crate::clock::SharedClock;
+use crate::config::Config;
 use crate::inbox::Inbox;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
@@ -25,25 +28,25 @@ pub struct HttpState {
     pub inbox: Inbox,
     pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     pub metrics: Option<PrometheusHandle>,
-    /// The admin API's bearer token; `None` = the API refuses every call.
-    pub admin_token: Option<crate::config::Secret>,
+    pub clock: SharedClock,
+    pub config: Arc<Config>,
 }
 
 pub fn router(state: HttpState) -> Router {
-    let admin = crate::inbox::api::router()
-        .with_state(state.inbox.clone())
-        .layer(axum::middleware::from_fn_with_state(
-            state.admin_token.clone(),
-            require_bearer,
-        ));
+    let api = api::router(ApiState::new(
+        state.store.clone(),
+        state.clock.clone(),
+        state.config.clone(),
+        state.inbox.clone(),
+    ));
     Router::new()
-        .merge(admin)
         .route("/webhooks/meta", get(meta_handshake).post(meta_events))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(api)
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -163,39 +166,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             "database unreachable or migrations missing",
-        )
-    }
-}
-
-/// `Authorization: Bearer <token>` on every admin call, compared in constant time.
-pub async fn require_bearer(
-    State(token): State<Option<crate::config::Secret>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let Some(token) = token else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the admin API is disabled: set server.admin_token_env and that variable",
-        );
-    };
-    let given = request
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(subtle::ConstantTimeEq::ct_eq(
-        given.as_bytes(),
-        token.expose().as_bytes(),
-    )) {
-        next.run(request).await
-    } else {
-        error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or wrong bearer token",
         )
     }
 }

@@ -22,6 +22,9 @@ use std::time::Instant;
 /// The largest field accepted; bigger ones are rejected rows, not memory blow-ups.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
 
+/// How many rejected rows [`ImportSummary::rejected`] keeps (the count in `invalid` is exact).
+pub const MAX_REJECTED_IN_SUMMARY: usize = 100;
+
 const PHONE_HEADERS: &[&str] = &[
     "phone",
     "telefone",
@@ -57,8 +60,18 @@ pub struct ImportSummary {
     pub duplicate: u64,
     pub invalid: u64,
     pub rejects: Option<PathBuf>,
+    /// The first [`MAX_REJECTED_IN_SUMMARY`] rejected rows with their line and reason (the
+    /// admin API returns them; the CLI writes every one to the rejects file).
+    pub rejected: Vec<RejectedRow>,
     #[serde(skip)]
     pub seconds: f64,
+}
+
+/// One refused row: its line in the file and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RejectedRow {
+    pub line: u64,
+    pub reason: String,
 }
 
 impl fmt::Display for ImportSummary {
@@ -119,7 +132,7 @@ pub enum ImportError {
 }
 
 /// Where the rows come from: opened once per pass.
-pub trait Source {
+pub trait Source: Send + Sync {
     fn name(&self) -> String;
     fn open(&self) -> std::io::Result<Box<dyn Read + Send + '_>>;
     /// Where rejected rows go; `None` to keep them only in the summary count.
@@ -431,6 +444,7 @@ struct Rejects {
     path: Option<PathBuf>,
     writer: Option<csv::Writer<std::fs::File>>,
     count: u64,
+    first: Vec<RejectedRow>,
 }
 
 impl Rejects {
@@ -439,6 +453,7 @@ impl Rejects {
             path,
             writer: None,
             count: 0,
+            first: Vec::new(),
         }
     }
 
@@ -451,6 +466,12 @@ impl Rejects {
         record: &csv::StringRecord,
     ) -> Result<(), ImportError> {
         self.count += 1;
+        if self.first.len() < MAX_REJECTED_IN_SUMMARY {
+            self.first.push(RejectedRow {
+                line,
+                reason: reason.to_string(),
+            });
+        }
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -555,7 +576,7 @@ pub async fn import(
     )
     .await;
     progress.finish_and_clear();
-    let (counts, rejects, rows) = match result {
+    let (counts, mut rejects, rows) = match result {
         Ok(r) => r,
         Err(e) => {
             if store.list_size(&options.list).await.unwrap_or(0) == 0 {
@@ -577,6 +598,7 @@ pub async fn import(
             .map_err(store_err)?;
     }
     let invalid = rejects.count;
+    let rejected = std::mem::take(&mut rejects.first);
     let rejects_path = rejects.finish(&file)?;
     Ok(ImportSummary {
         list: options.list.clone(),
@@ -586,6 +608,7 @@ pub async fn import(
         duplicate: counts.duplicate,
         invalid,
         rejects: rejects_path,
+        rejected,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

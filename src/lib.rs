@@ -4,6 +4,7 @@
 //! `campaign` start loads the hopper → dispatcher claims due rows, paces, renders and sends
 //! through a provider → webhooks bring statuses and replies back to the inbox.
 
+pub mod api;
 pub mod bench;
 pub mod campaign;
 pub mod cli;
@@ -22,4 +23,5 @@ pub mod provider;
 pub mod serve;
 pub mod sim;
 pub mod store;
+pub mod tiers;
 pub mod webhook;

@@ -173,11 +173,8 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         inbox: inbox.clone(),
         lines: lines.clone(),
         metrics: metrics_handle(),
-        // A missing token disables the admin API (every call 401) rather than the daemon.
-        admin_token: config.admin_token().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "admin API disabled");
-            None
-        }),
+        clock: options.clock.clone(),
+        config: config.clone(),
     });
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -314,12 +311,19 @@ async fn housekeeping(
                 m::interactions_open(&l.name, n as u64);
             }
         }
+        match crate::tiers::usage(&store, &config, clock.now_millis()).await {
+            Ok(usage) => crate::tiers::export(&usage),
+            Err(e) => tracing::warn!(error = %e, "tier use not measured"),
+        }
         for c in &config.campaigns {
             let Ok(row) = store.ensure_campaign(&c.name, clock.now_millis()).await else {
                 continue;
             };
             for s in CampaignState::ALL {
                 m::campaign_state(&c.name, s.as_str(), *s == row.state);
+            }
+            if let Ok(n) = store.waiting_for_tier(row.id).await {
+                m::waiting_for_tier(&c.name, n);
             }
             if let Ok(counts) = store.hopper_counts(row.id).await {
                 for s in HopperState::ALL {

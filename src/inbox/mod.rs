@@ -14,7 +14,6 @@ use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub mod api;
 mod replies;
 
 pub use replies::{AgentError, ReplyKind};

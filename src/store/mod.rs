@@ -6,6 +6,7 @@
 //! for claims) the function picks its statement by [`Backend`]. No function holds a
 //! transaction across anything but database calls.
 
+mod admin;
 mod campaigns;
 mod contacts;
 mod dispatch;
@@ -14,6 +15,7 @@ mod leases;
 mod templates;
 mod tiers;
 
+pub use admin::{ContactCampaignRow, OptOutRecord};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{

@@ -1,10 +1,12 @@
 //! Integration tests: the real store on a fresh database per test, the real binary where the
 //! behaviour is the command line's.
 
+mod api;
 mod campaigns;
 mod helpers;
 mod import;
 mod inbox;
+mod metrics;
 mod multi;
 mod sending;
 mod sim_api;

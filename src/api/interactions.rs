@@ -1,26 +1,16 @@
 //! The agents' side of the admin API (SPEC §5.3): list, read, reply, recontact, tag and close
 //! interactions. Handlers are thin: the inbox decides, the store remembers.
 
-use super::{AgentError, Inbox};
+use super::ApiState;
+use crate::inbox::AgentError;
 use crate::store::InteractionFilter;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
-
-pub fn router() -> Router<Inbox> {
-    Router::new()
-        .route("/api/interactions", get(list))
-        .route("/api/interactions/{id}", get(read))
-        .route("/api/interactions/{id}/reply", post(reply))
-        .route("/api/interactions/{id}/recontact", post(recontact))
-        .route("/api/interactions/{id}/tags", post(tags))
-        .route("/api/interactions/{id}/close", post(close))
-}
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
@@ -53,15 +43,18 @@ fn bad_json(rejection: JsonRejection) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_json", rejection.body_text())
 }
 
-async fn list(State(inbox): State<Inbox>, Query(filter): Query<InteractionFilter>) -> Response {
-    match inbox.store().interactions(&filter).await {
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    Query(filter): Query<InteractionFilter>,
+) -> Response {
+    match state.inbox.store().interactions(&filter).await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => AgentError::Store(e).into_response(),
     }
 }
 
-async fn read(State(inbox): State<Inbox>, Path(id): Path<i64>) -> Response {
-    let store = inbox.store();
+pub(super) async fn read(State(state): State<ApiState>, Path(id): Path<i64>) -> Response {
+    let store = state.inbox.store();
     let result = async {
         let i = store
             .interaction(id)
@@ -80,12 +73,12 @@ async fn read(State(inbox): State<Inbox>, Path(id): Path<i64>) -> Response {
 }
 
 #[derive(Deserialize)]
-struct ReplyBody {
+pub(super) struct ReplyBody {
     text: String,
 }
 
-async fn reply(
-    State(inbox): State<Inbox>,
+pub(super) async fn reply(
+    State(state): State<ApiState>,
     Path(id): Path<i64>,
     body: Result<Json<ReplyBody>, JsonRejection>,
 ) -> Response {
@@ -100,26 +93,26 @@ async fn reply(
             "text must hold 1 to 4096 characters",
         );
     }
-    match inbox.agent_reply(id, &body.text).await {
+    match state.inbox.agent_reply(id, &body.text).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn recontact(State(inbox): State<Inbox>, Path(id): Path<i64>) -> Response {
-    match inbox.agent_recontact(id).await {
+pub(super) async fn recontact(State(state): State<ApiState>, Path(id): Path<i64>) -> Response {
+    match state.inbox.agent_recontact(id).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 #[derive(Deserialize)]
-struct TagsBody {
+pub(super) struct TagsBody {
     tags: Vec<String>,
 }
 
-async fn tags(
-    State(inbox): State<Inbox>,
+pub(super) async fn tags(
+    State(state): State<ApiState>,
     Path(id): Path<i64>,
     body: Result<Json<TagsBody>, JsonRejection>,
 ) -> Response {
@@ -135,18 +128,18 @@ async fn tags(
         .collect();
     tags.sort();
     tags.dedup();
-    match inbox.store().set_interaction_tags(id, &tags).await {
+    match state.inbox.store().set_interaction_tags(id, &tags).await {
         Ok(true) => Json(json!({ "id": id, "tags": tags })).into_response(),
         Ok(false) => AgentError::NotFound(id).into_response(),
         Err(e) => AgentError::Store(e).into_response(),
     }
 }
 
-async fn close(State(inbox): State<Inbox>, Path(id): Path<i64>) -> Response {
-    let now = inbox.clock.now_millis();
-    match inbox.store().close_interaction(id, now).await {
+pub(super) async fn close(State(state): State<ApiState>, Path(id): Path<i64>) -> Response {
+    let now = state.clock.now_millis();
+    match state.inbox.store().close_interaction(id, now).await {
         Ok(true) => Json(json!({ "id": id, "state": "closed" })).into_response(),
-        Ok(false) => match inbox.store().interaction(id).await {
+        Ok(false) => match state.inbox.store().interaction(id).await {
             Ok(Some(_)) => Json(json!({ "id": id, "state": "closed" })).into_response(),
             Ok(None) => AgentError::NotFound(id).into_response(),
             Err(e) => AgentError::Store(e).into_response(),

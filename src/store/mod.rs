@@ -6,6 +6,7 @@
 //! for claims) the function picks its statement by [`Backend`]. No function holds a
 //! transaction across anything but database calls.
 
+mod audit;
 mod campaigns;
 mod contacts;
 mod dispatch;

@@ -2,8 +2,10 @@
 //! behaviour is the command line's.
 
 mod campaigns;
+mod crash;
 mod helpers;
 mod import;
+mod procs;
 mod sending;
 mod sim_api;
 mod webhook_corpus;

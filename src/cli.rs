@@ -91,6 +91,9 @@ pub enum Command {
         /// Longest wait between two tries of one webhook POST, in milliseconds
         #[arg(long, default_value_t = 30_000)]
         webhook_backoff_max_ms: u64,
+        /// Delay added to every send answer, after the message is accepted, in milliseconds
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Measure the sustained send rate against the simulator in a separate process
     Bench {
@@ -301,13 +304,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             all_read,
             webhook_attempts,
             webhook_backoff_max_ms,
+            latency_ms,
         } => {
             let webhooks = crate::sim::WebhookMode {
                 max_attempts: webhook_attempts.max(1),
                 retry_backoff_max: std::time::Duration::from_millis(webhook_backoff_max_ms),
                 ..crate::sim::WebhookMode::default()
             };
-            simulate(&config, listen, webhook_url, throughput, all_read, webhooks).await?
+            let latency = std::time::Duration::from_millis(latency_ms);
+            simulate(
+                &config,
+                listen,
+                webhook_url,
+                throughput,
+                all_read,
+                webhooks,
+                latency,
+            )
+            .await?
         }
         Command::Bench {
             contacts,
@@ -495,6 +509,7 @@ async fn simulate(
     throughput: u32,
     all_read: bool,
     webhooks: crate::sim::WebhookMode,
+    latency: std::time::Duration,
 ) -> Result<(), CliError> {
     use crate::sim::{FateMix, SimConfig, SimLine, Simulator};
     let mut lines: Vec<SimLine> = config
@@ -526,6 +541,7 @@ async fn simulate(
         webhook_url,
         fates,
         webhooks,
+        latency,
         ..SimConfig::default()
     });
     let listener = tokio::net::TcpListener::bind(listen).await?;

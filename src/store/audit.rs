@@ -26,4 +26,14 @@ impl Store {
                 .await?,
         )
     }
+
+    /// The attempts holding hopper rows right now (sends whose outcome is not recorded).
+    pub async fn inflight_attempt_ids(&self) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT inflight_attempt_id FROM hopper WHERE inflight_attempt_id IS NOT NULL \
+             ORDER BY inflight_attempt_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

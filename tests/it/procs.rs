@@ -29,7 +29,10 @@ impl Proc {
         let err = out.try_clone().unwrap();
         let child = Command::new(binary())
             .args(args)
-            .env("RUST_LOG", "warn,tiercast=info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TIERCAST_TEST_LOG").unwrap_or_else(|_| "warn,tiercast=info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -119,6 +122,31 @@ pub struct RigOptions {
     pub contacts: usize,
     pub throughput_mps: u32,
     pub reconcile_after: &'static str,
+    pub max_in_flight: usize,
+    /// The simulator's delay between accepting a message and answering.
+    pub latency_ms: u64,
+}
+
+impl Drop for Rig {
+    /// A failed test keeps its database and logs for the post-mortem.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!(
+                "tiercast-failed-{}-{}",
+                std::process::id(),
+                self.daemon_port
+            ));
+            let copied = Command::new("cp")
+                .arg("-r")
+                .arg(self.dir.path())
+                .arg(&keep)
+                .status()
+                .is_ok_and(|s| s.success());
+            if copied {
+                eprintln!("database, config and logs kept in {}", keep.display());
+            }
+        }
+    }
 }
 
 impl Rig {
@@ -142,7 +170,7 @@ name = "main"
 provider = "simulator"
 api_base = "http://127.0.0.1:{sim_port}/v23.0"
 throughput_mps = {mps}
-max_in_flight = 16
+max_in_flight = {in_flight}
 
 [[campaigns]]
 name = "c"
@@ -157,6 +185,7 @@ max_attempts = 20
 "#,
             reconcile_after = options.reconcile_after,
             mps = options.throughput_mps,
+            in_flight = options.max_in_flight,
         );
         let config = dir.path().join("crash.toml");
         std::fs::write(&config, config_text).unwrap();
@@ -178,6 +207,8 @@ max_attempts = 20
                 "2000".into(),
                 "--webhook-backoff-max-ms".into(),
                 "250".into(),
+                "--latency-ms".into(),
+                options.latency_ms.to_string(),
                 "--config".into(),
                 config.display().to_string(),
             ],

@@ -184,6 +184,94 @@ async fn sigterm_finishes_sends_in_flight_and_exits_0() {
     rig.assert_hopper_settled();
 }
 
+/// `tiercast serve` with the built-in simulator in-process (a simulator line without
+/// `api_base`): SIGTERM drains the sends in flight, then stops the simulator, instead of
+/// waiting for the simulator's server until `shutdown_grace` runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_built_in_simulator_drains_without_using_up_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::procs::free_port();
+    let db_url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+database_url = "{db_url}"
+shutdown_grace = "60s"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+throughput_mps = 50
+
+[[campaigns]]
+name = "c"
+line = "main"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:30%" }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut csv = String::from("phone,name\n");
+    for i in 0..500 {
+        csv.push_str(&format!("+55119{:08},P{i}\n", 40_000_000 + i));
+    }
+    let contacts = dir.path().join("c.csv");
+    std::fs::write(&contacts, csv).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::helpers::binary())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    cli(&["import", &contacts.display().to_string(), "--list", "l"]);
+    cli(&["campaign", "start", "c"]);
+    let mut daemon = crate::procs::Proc::spawn(
+        "daemon",
+        &[
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        &dir.path().join("daemon.log"),
+    );
+    let store = Store::open(&db_url).await.unwrap();
+    let id = store.ensure_campaign("c", 0).await.unwrap().id;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store
+        .hopper_counts(id)
+        .await
+        .unwrap()
+        .state(HopperState::Pending)
+        < 20
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_tail());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.terminate();
+    let exit = daemon.wait_exit(Duration::from_secs(120)).await;
+    let exit = exit.unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", daemon.log_tail()));
+    assert_eq!(exit.code(), Some(0), "{}", daemon.log_tail());
+    let log = std::fs::read_to_string(&daemon.log).unwrap();
+    assert!(
+        !log.contains("shutdown grace elapsed"),
+        "the shutdown waited out its grace:\n{}",
+        daemon.log_tail()
+    );
+    let attempts = store.attempt_status_counts().await.unwrap();
+    assert!(!attempts.contains_key("sending"), "{attempts:?}");
+    assert_eq!(store.inflight_rows().await.unwrap(), 0);
+    store.close().await;
+}
+
 /// The unit of the fix: a daemon that comes back after an outage longer than
 /// `reconcile_after` does not resend at once what its predecessor left in flight. The provider
 /// may have accepted those sends, and its webhooks could not reach a dead daemon; they get a

@@ -1,6 +1,7 @@
 //! Integration tests: the real store on a fresh database per test, the real binary where the
 //! behaviour is the command line's.
 
+mod bad_input;
 mod campaigns;
 mod crash;
 mod helpers;

@@ -7,6 +7,7 @@ mod crash;
 mod helpers;
 mod import;
 mod procs;
+mod props;
 mod sending;
 mod sim_api;
 mod webhook_corpus;

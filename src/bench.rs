@@ -62,6 +62,7 @@ database_url = "{database_url}"
 [[lines]]
 name = "bench"
 provider = "simulator"
+tier = "unlimited"
 api_base = "http://127.0.0.1:{sim_port}/v23.0"
 throughput_mps = 1000000
 max_in_flight = {in_flight}

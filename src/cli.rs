@@ -85,6 +85,15 @@ pub enum Command {
         /// Every message delivered and read (no failures): for load tests
         #[arg(long)]
         all_read: bool,
+        /// Tries per webhook POST before it is given up on (non-200 answers are retried)
+        #[arg(long, default_value_t = 5)]
+        webhook_attempts: u32,
+        /// Longest wait between two tries of one webhook POST, in milliseconds
+        #[arg(long, default_value_t = 30_000)]
+        webhook_backoff_max_ms: u64,
+        /// Delay added to every send answer, after the message is accepted, in milliseconds
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Measure the sustained send rate against the simulator in a separate process
     Bench {
@@ -312,7 +321,27 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             webhook_url,
             throughput,
             all_read,
-        } => simulate(&config, listen, webhook_url, throughput, all_read).await?,
+            webhook_attempts,
+            webhook_backoff_max_ms,
+            latency_ms,
+        } => {
+            let webhooks = crate::sim::WebhookMode {
+                max_attempts: webhook_attempts.max(1),
+                retry_backoff_max: std::time::Duration::from_millis(webhook_backoff_max_ms),
+                ..crate::sim::WebhookMode::default()
+            };
+            let latency = std::time::Duration::from_millis(latency_ms);
+            simulate(
+                &config,
+                listen,
+                webhook_url,
+                throughput,
+                all_read,
+                webhooks,
+                latency,
+            )
+            .await?
+        }
         Command::Bench {
             contacts,
             in_flight,
@@ -499,6 +528,8 @@ async fn simulate(
     webhook_url: Option<String>,
     throughput: u32,
     all_read: bool,
+    webhooks: crate::sim::WebhookMode,
+    latency: std::time::Duration,
 ) -> Result<(), CliError> {
     use crate::sim::{FateMix, SimConfig, SimLine, Simulator};
     let mut lines: Vec<SimLine> = config
@@ -529,6 +560,8 @@ async fn simulate(
         phone_numbers: lines.clone(),
         webhook_url,
         fates,
+        webhooks,
+        latency,
         ..SimConfig::default()
     });
     let listener = tokio::net::TcpListener::bind(listen).await?;

@@ -242,6 +242,25 @@ impl Dispatcher {
         Ok(n)
     }
 
+    /// Sends left in flight by a previous process (killed mid-call) are held for another
+    /// `reconcile_after` from now: their status webhooks could not reach us while we were
+    /// down, so the downtime must not count as "no news" (SPEC §2 rule 7).
+    pub async fn hold_orphans(&self, line: &str) {
+        let until = self.now() + self.config.server.reconcile_after.as_millis() as Millis;
+        match self.store.hold_orphans(line, until).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                line,
+                count = n,
+                "sends left in flight by the previous process: waiting reconcile_after for \
+                 their status webhooks before sending them again"
+            ),
+            Err(e) => {
+                tracing::error!(line, error = %e, "cannot extend the holds of unfinished sends")
+            }
+        }
+    }
+
     /// One deterministic pass over a line: reconcile, then claim up to `limit` due rows across
     /// its running campaigns and send them all, waiting for every answer.
     pub async fn dispatch_once(&self, line: &str, limit: usize) -> Result<PassReport, StoreError> {
@@ -554,6 +573,9 @@ impl Dispatcher {
                     Ok(true) => {
                         if renewed_at.is_none() {
                             tracing::info!(line = %line, holder = %self.holder, "driving the line");
+                            // Sends the previous driver left in flight get a full
+                            // reconcile_after from now: its downtime is not "no news".
+                            self.hold_orphans(&line).await;
                         }
                         renewed_at = Some(Instant::now());
                     }

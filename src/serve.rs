@@ -55,6 +55,9 @@ pub struct Daemon {
     pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The in-process simulator's server: stopped after the dispatchers, whose sends in
+    /// flight it answers.
+    simulator_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process).
@@ -133,19 +136,19 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let sim_addr = sim_listener.local_addr()?;
         let serving = sim.clone();
-        let mut sim_shutdown = shutdown_rx.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                r = serving.serve(sim_listener) => if let Err(e) = r {
-                    tracing::error!(error = %e, "simulator stopped");
-                },
-                _ = sim_shutdown.wait_for(|s| *s) => {}
+        let task = tokio::spawn(async move {
+            if let Err(e) = serving.serve(sim_listener).await {
+                tracing::error!(error = %e, "simulator stopped");
             }
         });
         tracing::info!(%sim_addr, "built-in Cloud API simulator running");
-        Some((sim, format!("http://{sim_addr}")))
+        Some((sim, format!("http://{sim_addr}"), task))
     } else {
         None
+    };
+    let (simulator, simulator_task) = match simulator {
+        Some((sim, base, task)) => (Some((sim, base)), Some(task)),
+        None => (None, None),
     };
     let lines = Arc::new(lines::build(
         &config,
@@ -214,7 +217,16 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         lines,
         shutdown,
         tasks,
+        simulator_task,
     })
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(task) = self.simulator_task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl Daemon {
@@ -232,6 +244,9 @@ impl Daemon {
                 "shutdown grace elapsed; abandoning the rest (their attempts will be reconciled)"
             );
             self.tasks.abort_all();
+        }
+        if let Some(task) = self.simulator_task.take() {
+            task.abort();
         }
         self.store.close().await;
     }

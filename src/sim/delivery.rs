@@ -324,7 +324,7 @@ async fn post_with_retry(ctx: &PostCtx, target: &Target, body: &[u8]) -> bool {
         ctx.stats.post_failures.fetch_add(1, Ordering::Relaxed);
         if attempt < attempts {
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            backoff = (backoff * 2).min(ctx.mode.retry_backoff_max.max(ctx.mode.retry_backoff));
         }
     }
     false

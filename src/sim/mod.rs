@@ -81,8 +81,10 @@ pub struct WebhookMode {
     pub retry_on_failure: bool,
     /// Attempts per POST when retrying (stands in for Meta's 7 days).
     pub max_attempts: u32,
-    /// First retry delay; doubles each attempt (capped at 30 s).
+    /// First retry delay; doubles each attempt up to `retry_backoff_max`.
     pub retry_backoff: Duration,
+    /// Longest delay between two tries of one POST (30 s by default).
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for WebhookMode {
@@ -95,6 +97,7 @@ impl Default for WebhookMode {
             retry_on_failure: true,
             max_attempts: 5,
             retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(30),
         }
     }
 }

@@ -6,7 +6,9 @@
 //! transaction, *before* the HTTP call. If the process dies mid-call, the attempt stays
 //! `sending`; a status webhook naming it (`biz_opaque_callback_data`) settles it as accepted,
 //! and if none comes by `hold_until`, [`Store::reconcile_stale`] abandons it and the contact
-//! becomes due again. Every outcome write is guarded by `inflight_attempt_id`, so a late or
+//! becomes due again. A restarted daemon first extends the holds its predecessor left
+//! ([`Store::hold_orphans`]), so the time it was down does not count against them: the
+//! provider's webhooks get a full `reconcile_after` of uptime to name those attempts. Every outcome write is guarded by `inflight_attempt_id`, so a late or
 //! duplicated answer can never move a row twice.
 
 use super::tiers::TierBudget;
@@ -429,6 +431,25 @@ impl Store {
         }
         tx.commit().await?;
         Ok(n)
+    }
+
+    /// At start: sends a previous process left in flight (it crashed or was killed, so their
+    /// outcome was never recorded) are held until at least `until` (now + `reconcile_after`).
+    /// The provider may have accepted them; the status webhooks naming them could not reach
+    /// a dead daemon and come with the provider's retries once it is back. Without this, an
+    /// outage longer than `reconcile_after` would abandon them at once and send every such
+    /// contact a second time. Returns how many rows it holds.
+    pub async fn hold_orphans(&self, line: &str, until: Millis) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE hopper SET next_attempt_at = $2 \
+             WHERE line = $1 AND inflight_attempt_id IS NOT NULL AND state IN ('fresh', 'retry') \
+               AND next_attempt_at < $2",
+        )
+        .bind(line)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Applies a status webhook. If it names an attempt still in flight (the webhook beat the

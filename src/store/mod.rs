@@ -7,6 +7,7 @@
 //! transaction across anything but database calls.
 
 mod admin;
+mod audit;
 mod campaigns;
 mod contacts;
 mod dispatch;

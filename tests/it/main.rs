@@ -2,12 +2,16 @@
 //! behaviour is the command line's.
 
 mod api;
+mod bad_input;
 mod campaigns;
+mod crash;
 mod helpers;
 mod import;
 mod inbox;
 mod metrics;
 mod multi;
+mod procs;
+mod props;
 mod sending;
 mod sim_api;
 mod tiers;

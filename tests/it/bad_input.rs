@@ -1,0 +1,301 @@
+//! Bad webhook input against the real app (SPEC §5.3, §7): the daemon on port 0 with its
+//! in-process simulator. Truncated, too deep, unsigned or wrongly signed bodies are refused
+//! and store nothing; huge, unknown-shaped and replayed bodies are answered 200, and a replay
+//! changes nothing.
+
+use crate::helpers::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tiercast::clock::{SharedClock, SystemClock};
+use tiercast::config::Config;
+use tiercast::domain::CampaignCommand;
+use tiercast::import::{self, BytesSource, ImportOptions};
+use tiercast::lines::SIM_APP_SECRET;
+use tiercast::serve::{self, Daemon, ServeOptions};
+use tiercast::sim::FateMix;
+
+/// A daemon whose one contact was sent a template the simulator reports nothing about, so
+/// every status the test posts is the only news of it. Returns the daemon and the wamid.
+async fn daemon_with_one_sent_message(db: &TestDb) -> (Daemon, String) {
+    let text = format!(
+        r#"
+[server]
+database_url = "{}"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+tier = "unlimited"
+
+[[campaigns]]
+name = "c"
+line = "main"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:30%" }}
+"#,
+        db.url
+    );
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let daemon = serve::start(
+        config.clone(),
+        ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            simulator: Some(Box::new(|sim| {
+                sim.fates = FateMix {
+                    delivered: 0,
+                    read: 0,
+                    undeliverable_131026: 0,
+                    marketing_cap_131049: 0,
+                    opted_out_131050: 0,
+                    no_webhook: 1,
+                    wa_id_differs: 0.0,
+                };
+            })),
+            ..ServeOptions::new(clock)
+        },
+    )
+    .await
+    .unwrap();
+    import::import(
+        &daemon.store,
+        &SystemClock,
+        &BytesSource {
+            name: "t.csv".into(),
+            bytes: b"phone,name\n+5511970000001,Ana\n",
+        },
+        &ImportOptions {
+            list: "l".into(),
+            default_country: None,
+            opt_in: false,
+            batch_size: 10,
+            progress: false,
+        },
+    )
+    .await
+    .unwrap();
+    tiercast::campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wamid = loop {
+        let wamid: Option<String> = sqlx::query_scalar("SELECT wamid FROM hopper")
+            .fetch_one(daemon.store.pool())
+            .await
+            .unwrap();
+        if let Some(w) = wamid {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "the template was never sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (daemon, wamid)
+}
+
+/// Everything a status could change on the hopper row, as text.
+async fn row_snapshot(daemon: &Daemon) -> String {
+    let row: (String, Option<String>, Option<i64>, Option<i64>, i64, i64) = sqlx::query_as(
+        "SELECT state, message_status, delivered_at, read_at, attempts, updated_at FROM hopper",
+    )
+    .fetch_one(daemon.store.pool())
+    .await
+    .unwrap();
+    format!("{row:?}")
+}
+
+/// Meta's envelope around one `messages` change whose value holds `extra`'s keys.
+fn envelope(pnid: &str, extra: Value) -> Value {
+    let mut value = json!({
+        "messaging_product": "whatsapp",
+        "metadata": { "display_phone_number": "15550000000", "phone_number_id": pnid },
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        value[k] = v.clone();
+    }
+    json!({ "object": "whatsapp_business_account", "entry": [{ "id": "sim-waba-main", "changes": [
+        { "field": "messages", "value": value }
+    ]}]})
+}
+
+fn status(wamid: &str, status: &str) -> Value {
+    json!({ "id": wamid, "status": status, "timestamp": "1795000000", "recipient_id": "5511970000001" })
+}
+
+struct Poster {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Poster {
+    fn new(daemon: &Daemon) -> Poster {
+        Poster {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            url: format!("{}/webhooks/meta", daemon.url()),
+        }
+    }
+
+    /// Posts `body` with the given `X-Hub-Signature-256` (None: no header); returns the status.
+    async fn post_raw(&self, body: &[u8], signature: Option<String>) -> (u16, String) {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(sig) = signature {
+            req = req.header("X-Hub-Signature-256", sig);
+        }
+        let r = req.send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// Posts `body` signed with the line's app secret.
+    async fn post(&self, body: &[u8]) -> (u16, String) {
+        let sig = tiercast::webhook::sign(SIM_APP_SECRET.as_bytes(), body);
+        self.post_raw(body, Some(sig)).await
+    }
+}
+
+async fn healthy(daemon: &Daemon) {
+    let r = reqwest::get(format!("{}/healthz", daemon.url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_bodies_store_nothing_and_replays_change_nothing() {
+    let db = fresh_db().await;
+    let (daemon, wamid) = daemon_with_one_sent_message(&db).await;
+    let pnid = daemon.config.lines[0].phone_number_id.clone();
+    let poster = Poster::new(&daemon);
+    let before = row_snapshot(&daemon).await;
+    assert!(before.contains("\"accepted\""), "{before}");
+
+    let read = serde_json::to_vec(&envelope(
+        &pnid,
+        json!({ "statuses": [status(&wamid, "read")] }),
+    ))
+    .unwrap();
+
+    // Truncated JSON, rightly signed: 400 with the reason, nothing stored.
+    for cut in [1, read.len() / 3, read.len() / 2, read.len() - 1] {
+        let (code, text) = poster.post(&read[..cut]).await;
+        assert_eq!(code, 400, "cut at {cut}: {text}");
+        assert!(text.contains("malformed"), "{text}");
+    }
+    // Nested far deeper than any parser stack allows, rightly signed: 400, and still up.
+    let depth = 200_000;
+    let mut deep = String::with_capacity(depth * 2 + 200);
+    deep.push_str(r#"{"object":"whatsapp_business_account","entry":[{"id":"w","changes":[{"field":"messages","value":{"junk":"#);
+    deep.extend(std::iter::repeat_n('[', depth));
+    deep.extend(std::iter::repeat_n(']', depth));
+    deep.push_str("}}]}]}");
+    let (code, text) = poster.post(deep.as_bytes()).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("deep"), "{text}");
+    healthy(&daemon).await;
+    // Missing, wrong-secret and garbage signatures: 401.
+    assert_eq!(poster.post_raw(&read, None).await.0, 401);
+    let wrong = tiercast::webhook::sign(b"not-the-secret", &read);
+    assert_eq!(poster.post_raw(&read, Some(wrong)).await.0, 401);
+    assert_eq!(
+        poster.post_raw(&read, Some("sha256=00".into())).await.0,
+        401
+    );
+    // The signature of another body does not carry over.
+    let other = tiercast::webhook::sign(SIM_APP_SECRET.as_bytes(), b"{}");
+    assert_eq!(poster.post_raw(&read, Some(other)).await.0, 401);
+    assert_eq!(
+        row_snapshot(&daemon).await,
+        before,
+        "a refused body changed the row"
+    );
+
+    // The whole body, rightly signed, is applied ...
+    assert_eq!(poster.post(&read).await.0, 200);
+    let applied = row_snapshot(&daemon).await;
+    assert!(applied.contains("\"read\""), "{applied}");
+    // ... and its replays, and older statuses arriving late, change nothing.
+    for _ in 0..3 {
+        assert_eq!(poster.post(&read).await.0, 200);
+    }
+    let late = serde_json::to_vec(&envelope(
+        &pnid,
+        json!({ "statuses": [status(&wamid, "delivered"), status(&wamid, "sent")] }),
+    ))
+    .unwrap();
+    assert_eq!(poster.post(&late).await.0, 200);
+    assert_eq!(row_snapshot(&daemon).await, applied);
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_and_unknown_shaped_bodies_are_answered_200() {
+    let db = fresh_db().await;
+    let (daemon, wamid) = daemon_with_one_sent_message(&db).await;
+    let pnid = daemon.config.lines[0].phone_number_id.clone();
+    let poster = Poster::new(&daemon);
+    let before = row_snapshot(&daemon).await;
+
+    // 3 MB, Meta's largest: a thousand statuses of messages that are not ours, each with a
+    // field nobody knows carrying 3 kB.
+    let pad = "x".repeat(3000);
+    let statuses: Vec<Value> = (0..1000)
+        .map(|i| {
+            let mut s = status(&format!("wamid.UNKNOWN{i:06}"), "delivered");
+            s["future_field"] = json!({ "pad": pad });
+            s
+        })
+        .collect();
+    let body = serde_json::to_vec(&envelope(&pnid, json!({ "statuses": statuses }))).unwrap();
+    assert!(body.len() >= 3_000_000, "{} bytes", body.len());
+    let (code, text) = poster.post(&body).await;
+    assert_eq!(code, 200, "{text}");
+
+    // Unknown fields, unknown message and status types, unknown change fields, a number
+    // where a string belongs, batched entries: all 200.
+    let odd = json!({
+        "object": "whatsapp_business_account",
+        "brand_new_top_level": [1, 2, 3],
+        "entry": [
+            { "id": "w1", "time": 1795000000, "changes": [
+                { "field": "a_field_from_2030", "value": { "anything": { "goes": true } } },
+                { "field": "messages", "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": { "display_phone_number": "15550000000", "phone_number_id": pnid },
+                    "contacts": [{ "profile": { "name": "Zed" }, "wa_id": "5511970009999" }],
+                    "messages": [
+                        { "from": "5511970009999", "id": "wamid.IN1", "timestamp": "1795000000",
+                          "type": "hologram", "hologram": { "depth": 3 } },
+                        { "from": "5511970009999", "id": "wamid.IN2", "timestamp": 1795000001,
+                          "type": "text", "text": { "body": "hi", "sentiment": "unknown" } }
+                    ],
+                    "statuses": [
+                        { "id": wamid, "status": "teleported", "timestamp": "1795000000", "recipient_id": "5511970000001" },
+                        { "id": "wamid.NOT_OURS", "status": "delivered", "timestamp": 1795000000,
+                          "recipient_id": 5511970000001_u64, "pricing": { "model": "FUTURE" } }
+                    ]
+                }}
+            ]},
+            { "id": "w2", "changes": [] },
+            { "id": "w3" }
+        ]
+    });
+    let (code, text) = poster.post(&serde_json::to_vec(&odd).unwrap()).await;
+    assert_eq!(code, 200, "{text}");
+    // An unknown status is no news of our message.
+    assert_eq!(row_snapshot(&daemon).await, before);
+    healthy(&daemon).await;
+    daemon.shutdown().await;
+}

@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin tiercast
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates tini \
+ && apt-get install -y --no-install-recommends ca-certificates tini curl \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /var/lib/tiercast --create-home tiercast
 COPY --from=build /src/target/release/tiercast /usr/local/bin/tiercast
@@ -21,5 +21,7 @@ ENV TIERCAST_CONFIG=/etc/tiercast/tiercast.toml \
     TIERCAST_DATABASE_URL=sqlite:///var/lib/tiercast/tiercast.db
 VOLUME ["/var/lib/tiercast"]
 EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=3s --start-period=20s \
+  CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/tiercast"]
-CMD ["serve"]
+CMD ["serve", "--listen", "0.0.0.0:8080"]

@@ -673,3 +673,74 @@ async fn throughput_upgrade_webhook_raises_a_following_line_to_1000() {
     );
     daemon.shutdown().await;
 }
+
+/// The cron retry run: `tiercast retry` makes waiting retries due and, with no daemon
+/// running, sends them itself; other rows are not touched (nothing sent twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_command_sends_waiting_retries_once_without_a_daemon() {
+    let db = fresh_db().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config_text(&db.url, 200, "renewal_reminder", "auto_retry = false").replace(
+        "[server]\n",
+        &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let phones = numbers(4);
+    let deferred = phones[0].clone();
+    let (daemon, config) = start(&db, &cfg, all_delivered).await;
+    daemon
+        .simulator
+        .as_ref()
+        .unwrap()
+        .force_fate(&deferred, Fate::Failed(131049));
+    load(&daemon, &phones).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "one retry", |s| {
+        s.hopper["retry"] == 1 && s.hopper["pending"] == 3
+    })
+    .await;
+    daemon.shutdown().await;
+
+    let path = db.write("retry.toml", &cfg);
+    let out = std::process::Command::new(binary())
+        .args(["retry", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("campaign c: 1 contacts due for retry"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("retry run done: 1 contacts retried"),
+        "{stdout}"
+    );
+    let store = tiercast::store::Store::open(&db.url).await.unwrap();
+    let attempts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.phone, h.attempts FROM hopper h JOIN contacts c ON c.id = h.contact_id ORDER BY c.phone",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for (phone, n) in attempts {
+        let expected = if phone == deferred { 2 } else { 1 };
+        assert_eq!(n, expected, "{phone}");
+    }
+}

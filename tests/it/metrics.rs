@@ -446,3 +446,22 @@ fn metric_ref_extraction() {
         vec!["tiercast_tier_used", "tiercast_tier_limit"]
     );
 }
+
+/// The alert rules beside the dashboard name only exported metrics (a rename breaks this).
+#[test]
+fn alert_rules_use_only_defined_metrics() {
+    let defined = defined_metrics();
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/alerts.yml"))
+        .unwrap();
+    let refs = metric_refs(&rules);
+    assert!(refs.len() >= 4, "{refs:?}");
+    for r in refs {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(r.as_str(), |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(
+            defined.contains(base),
+            "alert rule uses {r}, which src/metrics.rs does not define"
+        );
+    }
+}

@@ -228,22 +228,21 @@ impl Inbox {
     async fn on_status(&self, ev: &StatusEvent) -> Result<(), StoreError> {
         let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
         m::message_status(line, ev.status.as_str());
-        self.store
-            .mark_outbound_status(&ev.wamid, ev.status.as_str())
-            .await?;
-        self.store
-            .mark_outbound_status(&ev.wamid, ev.status.as_str())
-            .await?;
-        let attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
+        let mut attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
         let at: Millis = ev.timestamp.saturating_mul(1000);
         // A webhook that names an attempt still in flight settles it: its campaign's response
         // timeout gives the pending row its deadline.
         let mut deadline = at;
         if let Some(id) = attempt_id {
-            if let Some((_, campaign_id, _)) = self.store.attempt_owner(id).await? {
-                if let Some(c) = self.campaign_config(campaign_id).await? {
-                    deadline = at + c.response_timeout.as_millis() as Millis;
+            match self.store.attempt_owner(id).await? {
+                // Still in flight: this webhook settles it (the common case is the second and
+                // third status of a settled attempt, which need no settling).
+                Some((_, campaign_id, status)) if status == "sending" || status == "unknown" => {
+                    if let Some(c) = self.campaign_config(campaign_id).await? {
+                        deadline = at + c.response_timeout.as_millis() as Millis;
+                    }
                 }
+                _ => attempt_id = None,
             }
         }
         let error = ev.errors.first();
@@ -256,7 +255,11 @@ impl Inbox {
             error_text: error.map(|e| e.title.as_str()),
         };
         let Some(target) = self.store.apply_status(&update, deadline).await? else {
-            return Ok(()); // not one of our campaign messages
+            // Not a campaign template: perhaps a text or recontact we sent from the inbox.
+            self.store
+                .mark_outbound_status(&ev.wamid, ev.status.as_str())
+                .await?;
+            return Ok(());
         };
         if ev.status != MessageStatus::Failed || !target.advanced {
             return Ok(());

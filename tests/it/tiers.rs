@@ -110,6 +110,10 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
         "the second campaign reached only recipients already counted"
     );
 
+    // The second campaign is done with; stopping it leaves the held contacts to the first.
+    campaign::command(&daemon.store, &clock, &cfg, "c2", CampaignCommand::Stop)
+        .await
+        .unwrap();
     // Meta raises the limit (business_capability_update): the held contacts go.
     let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": tiercast::lines::sim_waba_id(&cfg.lines[0]), "time": 1795000000,
         "changes": [{"field": "business_capability_update", "value": {"max_daily_conversations_per_business": "TIER_2K", "max_phone_numbers_per_business": 2}}]}]})

@@ -99,37 +99,12 @@ impl Store {
         status: &str,
         now: Millis,
     ) -> StoreResult<u64> {
-        let rows =
-            sqlx::query("SELECT id, components FROM templates WHERE name = $1 AND language = $2")
-                .bind(name)
-                .bind(language)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut n = 0;
-        for r in rows {
-            let id: i64 = r.try_get(0)?;
-            let json: String = r.try_get(1)?;
-            let mut def: TemplateDef = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
-            def.status = status.to_string();
-            let json = serde_json::to_string(&def)
-                .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
-            sqlx::query(
-                "UPDATE templates SET status = $2, components = $3, synced_at = $4 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(status)
-            .bind(json)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-            n += 1;
-        }
-        Ok(n)
+        self.update_template(name, language, now, "status", status, |def| {
+            def.status = status.to_string()
+        })
+        .await
     }
-}
 
-impl Store {
     /// A `message_template_quality_update`: shown by `templates list` and the API.
     pub async fn set_template_quality(
         &self,
@@ -138,30 +113,47 @@ impl Store {
         quality: &str,
         now: Millis,
     ) -> StoreResult<u64> {
+        self.update_template(name, language, now, "quality", quality, |def| {
+            def.quality = Some(quality.to_string())
+        })
+        .await
+    }
+
+    /// Changes one column of every line's copy of a template, and the same field in its JSON.
+    async fn update_template(
+        &self,
+        name: &str,
+        language: &str,
+        now: Millis,
+        column: &'static str,
+        value: &str,
+        change: impl Fn(&mut TemplateDef),
+    ) -> StoreResult<u64> {
         let rows =
             sqlx::query("SELECT id, components FROM templates WHERE name = $1 AND language = $2")
                 .bind(name)
                 .bind(language)
                 .fetch_all(&self.pool)
                 .await?;
+        let sql = format!(
+            "UPDATE templates SET {column} = $2, components = $3, synced_at = $4 WHERE id = $1"
+        );
         let mut n = 0;
         for r in rows {
             let id: i64 = r.try_get(0)?;
             let json: String = r.try_get(1)?;
             let mut def: TemplateDef = serde_json::from_str(&json)
                 .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
-            def.quality = Some(quality.to_string());
+            change(&mut def);
             let json = serde_json::to_string(&def)
                 .map_err(|e| StoreError::Corrupt(format!("template: {e}")))?;
-            sqlx::query(
-                "UPDATE templates SET quality = $2, components = $3, synced_at = $4 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(quality)
-            .bind(json)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+            sqlx::query(&sql)
+                .bind(id)
+                .bind(value)
+                .bind(json)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
             n += 1;
         }
         Ok(n)

@@ -153,3 +153,18 @@ lists = ["a"]
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tiercast"))
 }
+
+/// POSTs a webhook body to a daemon, signed as Meta signs (with the simulator lines' app
+/// secret); returns the HTTP status.
+pub async fn post_signed_webhook(daemon_url: &str, body: String) -> u16 {
+    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
+    reqwest::Client::new()
+        .post(format!("{daemon_url}/webhooks/meta"))
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}

@@ -395,15 +395,7 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
         "user_preferences": [{"wa_id": p[2].trim_start_matches('+'), "detail": "User requested to stop marketing messages",
             "category": "marketing_messages", "value": "stop", "timestamp": 1795000000}]}}]}]})
     .to_string();
-    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/meta", daemon.url()))
-        .header("X-Hub-Signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
     for phone in &p[..3] {
         assert_eq!(
             row_of(&daemon, phone, "c").await.1.as_deref(),
@@ -514,15 +506,7 @@ async fn template_paused_webhook_pauses_the_campaign_and_blacklisted_inbound_ope
         "value": {"previous_quality_score": "GREEN", "new_quality_score": "YELLOW", "message_template_id": 1000000000000001_i64,
                   "message_template_name": "renewal_reminder", "message_template_language": "pt-BR"}}]}]})
     .to_string();
-    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/meta", daemon.url()))
-        .header("X-Hub-Signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
     let def = daemon
         .store
         .template("main", "renewal_reminder", "pt_BR")

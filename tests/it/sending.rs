@@ -653,15 +653,7 @@ async fn throughput_upgrade_webhook_raises_a_following_line_to_1000() {
     let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": tiercast::lines::sim_waba_id(&config.lines[0]), "time": 1795000000,
         "changes": [{"field": "phone_number_quality_update", "value": {"display_phone_number": "15550000000", "event": "THROUGHPUT_UPGRADE", "current_limit": "TIER_UNLIMITED"}}]}]})
     .to_string();
-    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/meta", daemon.url()))
-        .header("X-Hub-Signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
     assert_eq!(
         (
             daemon.lines["main"].pacer.max(),

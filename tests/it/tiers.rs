@@ -118,15 +118,7 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
     let body = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": tiercast::lines::sim_waba_id(&cfg.lines[0]), "time": 1795000000,
         "changes": [{"field": "business_capability_update", "value": {"max_daily_conversations_per_business": "TIER_2K", "max_phone_numbers_per_business": 2}}]}]})
     .to_string();
-    let sig = tiercast::webhook::sign(tiercast::lines::SIM_APP_SECRET.as_bytes(), body.as_bytes());
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/meta", daemon.url()))
-        .header("X-Hub-Signature-256", sig)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
     assert_eq!(
         daemon.store.portfolio_tier("acme").await.unwrap(),
         Some(tiercast::domain::Tier::Limited(2000))

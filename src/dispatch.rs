@@ -22,7 +22,7 @@ use crate::domain::{CampaignState, Outcome};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{Claimed, FailureAction, Store, StoreError, TierBudget, AWAITING_RETRY_RUN};
+use crate::store::{Claimed, FailureAction, Store, StoreError, AWAITING_RETRY_RUN};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -319,16 +319,11 @@ impl Dispatcher {
             .sum::<u64>()
             .max(1);
         let hold_until = self.now() + self.config.server.reconcile_after.as_millis() as Millis;
-        let portfolio = rt.line.portfolio.clone();
-        let tier = match self.store.portfolio_tier(&portfolio).await? {
-            Some(t) => t,
-            None => self
-                .config
-                .portfolio(&portfolio)
-                .map(|p| p.tier)
-                .unwrap_or(crate::domain::Tier::Limited(250)),
-        };
-        let budget = TierBudget { portfolio, tier };
+        let configured = self.config.portfolio(&rt.line.portfolio).map(|p| p.tier);
+        let budget = self
+            .store
+            .tier_budget(&rt.line.portfolio, configured)
+            .await?;
         let mut left = limit;
         for round in 0..2 {
             for c in campaigns {

@@ -29,6 +29,7 @@ impl IntoResponse for AgentError {
                 (StatusCode::CONFLICT, "no_recontact_template")
             }
             AgentError::UnknownLine(_) => (StatusCode::CONFLICT, "unknown_line"),
+            AgentError::TierSpent => (StatusCode::CONFLICT, "tier_spent"),
             AgentError::Provider(_) => (StatusCode::BAD_GATEWAY, "provider_error"),
             AgentError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

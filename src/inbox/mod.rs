@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 mod replies;
 
-pub use replies::{AgentError, ReplyKind};
+pub use replies::AgentError;
 
 #[derive(Clone)]
 pub struct Inbox {

@@ -13,14 +13,6 @@ use crate::store::{InteractionRow, OutboundMessage, StoreError};
 use crate::webhook::{InboundKind, InboundMessage};
 use std::time::Duration;
 
-/// What kind of reply a message is, for `replies_total{kind}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
-    Answer,
-    FreeText,
-    Late,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("no interaction {0}")]
@@ -33,6 +25,8 @@ pub enum AgentError {
     Template(String),
     #[error("line {0:?} is not configured")]
     UnknownLine(String),
+    #[error("the portfolio's messaging limit is spent for now; the next slot opens within 24 h")]
+    TierSpent,
     #[error("provider refused the message: {0}")]
     Provider(#[from] SendError),
     #[error(transparent)]
@@ -532,6 +526,19 @@ impl Inbox {
             .lines
             .get(&i.line)
             .ok_or_else(|| AgentError::UnknownLine(i.line.clone()))?;
+        // A recontact is business-initiated: it takes a slot of the portfolio's budget.
+        let configured = self.config.portfolio(&rt.line.portfolio).map(|p| p.tier);
+        let budget = self
+            .store
+            .tier_budget(&rt.line.portfolio, configured)
+            .await?;
+        if !self
+            .store
+            .reserve_one(&budget, &i.phone, self.clock.now_millis())
+            .await?
+        {
+            return Err(AgentError::TierSpent);
+        }
         let message = TemplateMessage {
             to: i.phone.clone(),
             template_name: template.name.clone(),

@@ -578,33 +578,12 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// When the next row of a campaign becomes due (None: nothing left to send).
-    pub async fn next_due_at(&self, campaign_id: i64) -> StoreResult<Option<Millis>> {
-        Ok(sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at) FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry')",
-        )
-        .bind(campaign_id)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
     /// Rows that can still move: unsent, in flight, or waiting for an answer.
     pub async fn open_rows(&self, campaign_id: i64) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state <> 'closed'",
         )
         .bind(campaign_id)
-        .fetch_one(&self.pool)
-        .await?)
-    }
-
-    /// Rows still to be sent, or whose send is in flight.
-    pub async fn unsent_rows(&self, campaign_id: i64) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry') AND next_attempt_at < $2",
-        )
-        .bind(campaign_id)
-        .bind(AWAITING_RETRY_RUN)
         .fetch_one(&self.pool)
         .await?)
     }

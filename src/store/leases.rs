@@ -37,14 +37,4 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    pub async fn lease_holder(&self, name: &str, now: Millis) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT holder FROM leases WHERE name = $1 AND expires_at >= $2")
-                .bind(name)
-                .bind(now)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
 }

@@ -271,3 +271,21 @@ impl Store {
         Ok(q.execute(&self.pool).await?.rows_affected())
     }
 }
+
+impl Store {
+    /// The budget of a portfolio now: its stored tier (Meta's latest word), else the config's.
+    pub async fn tier_budget(
+        &self,
+        portfolio: &str,
+        configured: Option<Tier>,
+    ) -> StoreResult<TierBudget> {
+        let tier = match self.portfolio_tier(portfolio).await? {
+            Some(t) => t,
+            None => configured.unwrap_or(Tier::Limited(250)),
+        };
+        Ok(TierBudget {
+            portfolio: portfolio.to_string(),
+            tier,
+        })
+    }
+}

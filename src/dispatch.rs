@@ -216,10 +216,6 @@ impl Dispatcher {
         Ok(moved)
     }
 
-    fn max_attempts(&self) -> HashMap<i64, i64> {
-        HashMap::new()
-    }
-
     /// Abandons attempts whose fate stayed unknown past `reconcile_after` (their contacts
     /// become due again).
     pub async fn reconcile(
@@ -227,10 +223,10 @@ impl Dispatcher {
         line: &str,
         campaigns: &[Arc<ActiveCampaign>],
     ) -> Result<u64, StoreError> {
-        let mut max = self.max_attempts();
-        for c in campaigns {
-            max.insert(c.id, i64::from(c.config.max_attempts));
-        }
+        let max: HashMap<i64, i64> = campaigns
+            .iter()
+            .map(|c| (c.id, i64::from(c.config.max_attempts)))
+            .collect();
         let n = self.store.reconcile_stale(line, self.now(), &max).await?;
         if n > 0 {
             tracing::warn!(

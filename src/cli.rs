@@ -789,14 +789,24 @@ async fn tier(config: &Config, action: TierAction) -> Result<(), CliError> {
                     p.name
                 );
             }
-            for (i, s) in steps.iter().enumerate() {
+            for day in ramp::by_day(&steps) {
+                let parts: Vec<String> = day
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} at tier {} from +{}",
+                            s.send_at_least,
+                            s.tier,
+                            humantime::format_duration(s.after)
+                        )
+                    })
+                    .collect();
                 println!(
-                    "step {}: from +{} at tier {}: reach {} new distinct users (at most {} in any 24 h), then wait for the upgrade",
-                    i + 1,
-                    humantime::format_duration(s.after),
-                    s.tier,
-                    s.send_at_least,
-                    s.send_at_most.map(|m| m.to_string()).unwrap_or_else(|| "unlimited".into())
+                    "day {}: {} new distinct users ({})",
+                    day.day,
+                    day.new_users,
+                    parts.join("; ")
                 );
             }
             if !steps.is_empty() {

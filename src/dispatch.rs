@@ -22,7 +22,9 @@ use crate::domain::{CampaignState, Outcome};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{Claimed, FailureAction, Store, StoreError, AWAITING_RETRY_RUN};
+use crate::store::{
+    ClaimGate, Claimed, FailureAction, LocalHours, Store, StoreError, AWAITING_RETRY_RUN,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -154,8 +156,9 @@ impl Dispatcher {
                 }
                 continue;
             }
+            // A local-time campaign's hours are read per contact when claiming.
             if campaign.start_at.is_some_and(|start| now_t < start)
-                || !self.config.time_group_for(campaign).is_open(now_t)
+                || (!campaign.local_time && !self.config.time_group_for(campaign).is_open(now_t))
             {
                 continue;
             }
@@ -320,12 +323,23 @@ impl Dispatcher {
             .store
             .tier_budget(&rt.line.portfolio, configured)
             .await?;
+        let ramped = budget.ramped();
+        let now_t = self.clock.now();
+        let local_hours: HashMap<i64, _> = campaigns
+            .iter()
+            .filter(|c| c.config.local_time)
+            .map(|c| (c.id, self.local_hours(&c.config, now_t)))
+            .collect();
         let mut left = limit;
         for round in 0..2 {
             for c in campaigns {
                 if left == 0 {
                     break;
                 }
+                let gate = ClaimGate {
+                    budget: Some(if c.config.ramp { &ramped } else { &budget }),
+                    local_hours: local_hours.get(&c.id).map(|f| f as &LocalHours<'_>),
+                };
                 let share = if round == 0 {
                     ((limit as u64 * u64::from(c.config.weight)).div_ceil(total_weight) as usize)
                         .min(left)
@@ -334,20 +348,34 @@ impl Dispatcher {
                 };
                 let rows = self
                     .store
-                    .claim_due(
-                        c.id,
-                        &rt.line.name,
-                        self.now(),
-                        hold_until,
-                        share,
-                        Some(&budget),
-                    )
+                    .claim_due(c.id, &rt.line.name, self.now(), hold_until, share, &gate)
                     .await?;
                 left -= rows.len();
                 out.extend(rows.into_iter().map(|r| (c.clone(), r)));
             }
         }
         Ok(out)
+    }
+
+    /// For a `local_time` campaign: when a contact's own hours (its number's country's zone,
+    /// else the time group's) are closed at `now`, the instant they open.
+    fn local_hours(
+        &self,
+        campaign: &Campaign,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> impl Fn(&str) -> Option<Millis> + Sync + use<'_> {
+        let group = self.config.time_group_for(campaign);
+        let zones = &self.config.country_zones;
+        move |phone: &str| {
+            let zone = zones.of_phone(phone).unwrap_or(group.timezone);
+            if group.is_open_in(now, zone) {
+                return None;
+            }
+            let opens = group
+                .next_open_after_in(now, zone)
+                .unwrap_or(now + chrono::Duration::days(1));
+            Some(crate::clock::to_millis(opens))
+        }
     }
 
     async fn send_one(
@@ -472,7 +500,13 @@ impl Dispatcher {
         }
         let text = error.to_string();
         let now = self.now();
-        let action = failure_action(&campaign.config, &c, row.attempts, now);
+        // The pair rate backs off 4^n s, n counting this contact's earlier 131056s.
+        let pair_hits = if c.pair_rate {
+            self.store.pair_rate_hits(row.attempt_id).await?
+        } else {
+            0
+        };
+        let action = failure_action(&campaign.config, &c, row.attempts, pair_hits, now);
         match c.class {
             ErrorClass::Campaign => {
                 let reason = format!(
@@ -693,20 +727,22 @@ fn row_view(attempt_id: i64, attempts: i64, phone: &str) -> RowView<'_> {
 }
 
 /// What a failure does to the row (SPEC §2 rule 4), from the classification and the
-/// campaign's retry policy. `attempts_before` is how many attempts were spent before this one.
+/// campaign's retry policy. `attempts_before` is how many attempts were spent before this one;
+/// `pair_hits` how many earlier sends to this contact met the pair rate limit (131056).
 pub fn failure_action(
     campaign: &Campaign,
     c: &Classification,
     attempts_before: i64,
+    pair_hits: i64,
     now: Millis,
 ) -> FailureAction {
     let min_delay = c.min_delay.unwrap_or(Duration::ZERO);
     match c.class {
         ErrorClass::Throttled => {
             let wait = if c.pair_rate {
-                // 4^n seconds for the pair rate limit (reference §2.4), at least 6 s.
+                // 4^n seconds for the n-th pair rate hit (reference §2.4), at least 6 s.
                 PAIR_RATE_DELAY.max(Duration::from_secs(
-                    4u64.saturating_pow(attempts_before.clamp(1, 8) as u32),
+                    4u64.saturating_pow((pair_hits + 1).clamp(1, 8) as u32),
                 ))
             } else {
                 THROTTLE_DELAY.max(min_delay)
@@ -741,5 +777,35 @@ pub fn failure_action(
         },
         ErrorClass::Campaign => FailureAction::Untouched,
         ErrorClass::Ambiguous => FailureAction::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::error_class::classify_meta;
+
+    #[test]
+    fn pair_rate_hits_back_off_four_to_the_n_seconds_and_spend_nothing() {
+        let config = Config::parse(
+            "[[lines]]\nname = \"m\"\nprovider = \"simulator\"\n[[campaigns]]\nname = \"c\"\nline = \"m\"\n\
+             template = { name = \"t\", language = \"en\" }\nlists = [\"l\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let campaign = &config.campaigns[0];
+        let pair = classify_meta(131056);
+        let wait = |hits| match failure_action(campaign, &pair, 2, hits, 0) {
+            FailureAction::Requeue { at } => at / 1000,
+            other => panic!("{other:?}"),
+        };
+        // 4 s is below the 6 s gap; then 16 s, 64 s, … whatever attempts were spent.
+        assert_eq!([wait(0), wait(1), wait(2), wait(3)], [6, 16, 64, 256]);
+        assert_eq!(wait(50), 65_536, "capped at 4^8 s");
+        // The line's throughput limit waits a second, not 4^n.
+        assert_eq!(
+            failure_action(campaign, &classify_meta(130429), 0, 3, 0),
+            FailureAction::Requeue { at: 1000 }
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! the built-in Cloud API simulator in-process, posting its webhooks back to us.
 //! `tiercast serve`, `demo` and `retry` all run through [`start`].
 
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, ProviderKind};
 use crate::dispatch::Dispatcher;
 use crate::domain::{CampaignState, HopperState, Outcome};
@@ -127,6 +127,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
                 })
                 .collect(),
             webhook_url: Some(format!("http://{addr}/webhooks/meta")),
+            clock: Some(options.clock.clone()),
             ..SimConfig::default()
         };
         if let Some(adjust) = options.simulator {
@@ -204,6 +205,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         inbox.clone(),
         options.clock.clone(),
         config.clone(),
+        lines.clone(),
         shutdown_rx.clone(),
     ));
     tracing::info!(%addr, lines = lines.len(), campaigns = config.campaigns.len(), "tiercast serving");
@@ -292,9 +294,11 @@ async fn housekeeping(
     inbox: Inbox,
     clock: SharedClock,
     config: Arc<Config>,
+    lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut next_cron: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut next_tier_read: HashMap<String, Millis> = HashMap::new();
     loop {
         if *shutdown.borrow() {
             return;
@@ -312,6 +316,21 @@ async fn housekeeping(
                 _ = shutdown.changed() => {}
             }
             continue;
+        }
+        for p in &config.portfolios {
+            let now_ms = clock.now_millis();
+            if next_tier_read.get(&p.name).is_some_and(|at| *at > now_ms) {
+                continue;
+            }
+            next_tier_read.insert(
+                p.name.clone(),
+                now_ms + p.tier_refresh.as_millis() as Millis,
+            );
+            if let Err(e) =
+                crate::tiers::refresh_from_provider(&store, &config, &lines, p, now_ms).await
+            {
+                tracing::warn!(portfolio = %p.name, error = %e, "messaging limit from the provider not stored");
+            }
         }
         if let Err(e) = inbox.expire_timeouts().await {
             tracing::error!(error = %e, "response timeouts not applied; retrying");

@@ -6,10 +6,15 @@
 //! budget is enforced with; the tier is the stored one (config, then Meta's webhooks).
 
 use crate::clock::Millis;
-use crate::config::Config;
+use crate::config::{Config, Portfolio};
+use crate::domain::Tier;
+use crate::lines::LineRuntime;
 use crate::metrics as m;
+use crate::provider::Provider;
 use crate::store::{Store, StoreResult};
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TierUsage {
@@ -58,4 +63,70 @@ pub fn export(usage: &[TierUsage]) {
     for u in usage {
         m::tier(&u.portfolio, u.limit, u.used);
     }
+}
+
+/// A new messaging limit for `portfolio` from `source` (`api`, a webhook field): stored with
+/// its history and, when it changed, the rows its lines held for a slot become due at once.
+/// Returns whether it changed.
+pub async fn apply(
+    store: &Store,
+    config: &Config,
+    portfolio: &str,
+    tier: Tier,
+    source: &str,
+    now: Millis,
+) -> StoreResult<bool> {
+    if !store
+        .set_portfolio_tier(portfolio, tier, source, now)
+        .await?
+    {
+        return Ok(false);
+    }
+    tracing::info!(portfolio, %tier, source, "messaging limit changed");
+    let lines: Vec<String> = config
+        .lines
+        .iter()
+        .filter(|l| l.portfolio == portfolio)
+        .map(|l| l.name.clone())
+        .collect();
+    store.release_tier_waiters(&lines, now).await?;
+    Ok(true)
+}
+
+/// Reads a portfolio's limit and its lines' throughput levels from the provider (SPEC §3:
+/// at start and every `tier_refresh`). A line whose read fails is skipped with a warning;
+/// the stored tier stays as it was.
+pub async fn refresh_from_provider(
+    store: &Store,
+    config: &Config,
+    lines: &HashMap<String, Arc<LineRuntime>>,
+    portfolio: &Portfolio,
+    now: Millis,
+) -> StoreResult<()> {
+    let mut tier_read = false;
+    for line in config
+        .lines
+        .iter()
+        .filter(|l| l.portfolio == portfolio.name)
+    {
+        let Some(rt) = lines.get(&line.name) else {
+            continue;
+        };
+        let limits = match rt.provider.account_limits().await {
+            Ok(Some(limits)) => limits,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(line = %line.name, error = %e, "messaging limit not read from the provider");
+                continue;
+            }
+        };
+        if let (Some(tier), false) = (limits.tier, tier_read) {
+            tier_read = true;
+            apply(store, config, &portfolio.name, tier, "api", now).await?;
+        }
+        if limits.throughput_level.as_deref() == Some("HIGH") && line.follow_throughput_upgrades {
+            rt.pacer.raise_max(1000, std::time::Instant::now());
+        }
+    }
+    Ok(())
 }

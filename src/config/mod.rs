@@ -5,6 +5,7 @@
 //! group, lists) are checked after parsing. Secrets are never in the file: the file names
 //! environment variables, read on demand into [`Secret`], which never prints its value.
 
+use crate::domain::localtime::CountryZones;
 use crate::domain::timegroup::{self, DayWindow, TimeSpecError};
 use crate::domain::{Tier, TimeGroup};
 use chrono::{DateTime, Utc};
@@ -78,6 +79,9 @@ struct RawConfig {
     time_groups: Vec<RawTimeGroup>,
     #[serde(default)]
     campaigns: Vec<RawCampaign>,
+    /// Country (ISO alpha-2) → zone, for `local_time` campaigns in countries with several zones.
+    #[serde(default)]
+    country_zones: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,6 +116,7 @@ struct RawPortfolio {
     name: String,
     tier: Option<String>,
     upgrade_delay: Option<String>,
+    tier_refresh: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +232,8 @@ pub struct Config {
     pub lines: Vec<Line>,
     pub time_groups: BTreeMap<String, TimeGroup>,
     pub campaigns: Vec<Campaign>,
+    /// Contacts' own zones for `local_time` campaigns.
+    pub country_zones: CountryZones,
 }
 
 #[derive(Debug, Clone)]
@@ -261,6 +268,8 @@ pub struct Portfolio {
     /// How long Meta takes to raise the limit once the portfolio qualifies (6 h since Oct
     /// 2025; 24 h before).
     pub upgrade_delay: Duration,
+    /// How often the daemon reads the limit from Meta's API (besides at start).
+    pub tier_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -359,6 +368,7 @@ pub struct Campaign {
 
 pub const DEFAULT_OPT_OUT_KEYWORDS: [&str; 5] = ["STOP", "UNSUBSCRIBE", "BAJA", "SAIR", "PARAR"];
 const DEFAULT_UPGRADE_DELAY: Duration = Duration::from_secs(6 * 3600);
+const DEFAULT_TIER_REFRESH: Duration = Duration::from_secs(3600);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_THROUGHPUT_MPS: u32 = 80;
 const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
@@ -575,10 +585,16 @@ impl Validator<'_> {
                 p.upgrade_delay.as_deref(),
                 DEFAULT_UPGRADE_DELAY,
             )?;
+            let tier_refresh = self.duration(
+                &format!("portfolios[{i}].tier_refresh"),
+                p.tier_refresh.as_deref(),
+                DEFAULT_TIER_REFRESH,
+            )?;
             portfolios.push(Portfolio {
                 name: p.name,
                 tier,
                 upgrade_delay,
+                tier_refresh,
             });
         }
 
@@ -610,7 +626,19 @@ impl Validator<'_> {
             lines,
             time_groups,
             campaigns,
+            country_zones: self.country_zones(raw.country_zones)?,
         })
+    }
+
+    fn country_zones(&self, raw: BTreeMap<String, String>) -> Result<CountryZones, ConfigError> {
+        let mut zones = BTreeMap::new();
+        for (country, zone) in raw {
+            let key = format!("country_zones.{country}");
+            let code = self.country(&key, Some(country))?.unwrap_or_default();
+            let tz = timegroup::parse_timezone(&zone).map_err(|e| self.err(&key, e.to_string()))?;
+            zones.insert(code, tz);
+        }
+        Ok(CountryZones::new(zones))
     }
 
     fn server(&self, raw: RawServer) -> Result<Server, ConfigError> {
@@ -749,6 +777,7 @@ impl Validator<'_> {
                     name: raw.name.clone(),
                     tier,
                     upgrade_delay: DEFAULT_UPGRADE_DELAY,
+                    tier_refresh: DEFAULT_TIER_REFRESH,
                 });
                 raw.name.clone()
             }

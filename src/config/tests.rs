@@ -210,3 +210,22 @@ fn five_field_crontab_is_accepted() {
     assert!(parse_cron("0 0 */2 * * *").is_ok());
     assert!(parse_cron("61 * * * *").is_err());
 }
+
+#[test]
+fn country_zones_override_the_table_and_bad_entries_name_the_key() {
+    let text = format!("{BASE}\n[country_zones]\nus = \"America/Chicago\"\n");
+    let c = Config::parse(&text, "t.toml").unwrap();
+    assert_eq!(
+        c.country_zones.of_phone("+12125550123"),
+        Some(chrono_tz::America::Chicago)
+    );
+    let e = err(&format!(
+        "{BASE}\n[country_zones]\nXX = \"Europe/Lisbon\"\n"
+    ));
+    assert_eq!(e.key, "country_zones.XX", "{e}");
+    let e = err(&format!(
+        "{BASE}\n[country_zones]\nBR = \"America/Atlantis\"\n"
+    ));
+    assert_eq!(e.key, "country_zones.BR", "{e}");
+    assert!(e.message.contains("America/Atlantis"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 pub mod error_class;
 pub mod hopper;
+pub mod localtime;
 pub mod phone;
 pub mod ramp;
 pub mod template;

@@ -54,6 +54,35 @@ pub fn plan(current: Tier, target: Tier, used_7d: u64, upgrade_delay: Duration) 
     steps
 }
 
+/// One day of a ramp: the new distinct users to reach that day, and the steps it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RampDay {
+    /// 1 for the first 24 h from now.
+    pub day: u64,
+    pub new_users: u64,
+    pub steps: Vec<RampStep>,
+}
+
+/// The plan's steps grouped by day (24 h from now each), for `tiercast tier plan`.
+pub fn by_day(steps: &[RampStep]) -> Vec<RampDay> {
+    let mut days: Vec<RampDay> = Vec::new();
+    for step in steps {
+        let day = step.after.as_secs() / (24 * 3600) + 1;
+        match days.last_mut() {
+            Some(d) if d.day == day => {
+                d.new_users += step.send_at_least;
+                d.steps.push(step.clone());
+            }
+            _ => days.push(RampDay {
+                day,
+                new_users: step.send_at_least,
+                steps: vec![step.clone()],
+            }),
+        }
+    }
+    days
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +111,27 @@ mod tests {
         );
         assert_eq!(next_tier(Tier::Limited(1_000)), Some(Tier::Limited(2_000)));
         assert_eq!(next_tier(Tier::Unlimited), None);
+    }
+
+    #[test]
+    fn days_group_the_steps_for_both_upgrade_delays() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        // Since Oct 2025 (6 h): the whole climb to 100K fits in the first day.
+        let days = by_day(&plan(
+            Tier::Limited(250),
+            Tier::Limited(100_000),
+            0,
+            hours(6),
+        ));
+        let got: Vec<(u64, u64, usize)> = days
+            .iter()
+            .map(|d| (d.day, d.new_users, d.steps.len()))
+            .collect();
+        assert_eq!(got, vec![(1, 5_000, 3)]);
+        // Before (24 h): one tier a day, 125 + 875 + 4,000 + 45,000 to unlimited.
+        let days = by_day(&plan(Tier::Limited(250), Tier::Unlimited, 0, hours(24)));
+        let got: Vec<(u64, u64)> = days.iter().map(|d| (d.day, d.new_users)).collect();
+        assert_eq!(got, vec![(1, 125), (2, 875), (3, 4_000), (4, 45_000)]);
+        assert!(by_day(&[]).is_empty());
     }
 }

@@ -177,23 +177,15 @@ impl Inbox {
         portfolios.sort_unstable();
         portfolios.dedup();
         for p in portfolios {
-            if self
-                .store
-                .set_portfolio_tier(p, tier, source, self.clock.now_millis())
-                .await?
-            {
-                tracing::info!(portfolio = p, %tier, source, "messaging limit changed");
-                let lines: Vec<String> = self
-                    .config
-                    .lines
-                    .iter()
-                    .filter(|l| l.portfolio == p)
-                    .map(|l| l.name.clone())
-                    .collect();
-                self.store
-                    .release_tier_waiters(&lines, self.clock.now_millis())
-                    .await?;
-            }
+            crate::tiers::apply(
+                &self.store,
+                &self.config,
+                p,
+                tier,
+                source,
+                self.clock.now_millis(),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -289,7 +281,7 @@ impl Inbox {
                 .await?;
         }
         // The failed attempt was counted when it was accepted.
-        let action = failure_action(&campaign, &c, (target.attempts - 1).max(0), now);
+        let action = failure_action(&campaign, &c, (target.attempts - 1).max(0), 0, now);
         if c.class == ErrorClass::Campaign {
             let reason = format!("{} (error {code} in a status webhook)", c.title);
             if let Some(row) = self.store.campaign_by_name(&campaign.name).await? {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{Accepted, Provider, SendError, TemplateMessage};
+use super::{Accepted, AccountLimits, Provider, SendError, TemplateMessage};
 use crate::domain::template::TemplateDef;
 
 /// Settings of one Meta line.
@@ -68,6 +68,8 @@ pub struct MetaClient {
     messages_url: Url,
     /// `{api_base}/{waba_id}/message_templates`
     templates_url: Url,
+    /// `{api_base}/{phone_number_id}?fields=…` (messaging limit and throughput)
+    limits_url: Url,
     /// Marked sensitive so reqwest/hyper never print it.
     auth: HeaderValue,
     permits: Semaphore,
@@ -91,6 +93,9 @@ const TEMPLATE_FIELDS: &str =
 /// A WABA holds at most 6,000 templates, i.e. 60 pages of 100: this only stops a looping fake.
 const MAX_TEMPLATE_PAGES: usize = 1000;
 const SNIPPET_CHARS: usize = 200;
+/// Fields asked of the phone number for tier tracking (reference §4.1, §4.2).
+const LIMIT_FIELDS: &str =
+    "whatsapp_business_manager_messaging_limit,messaging_limit_tier,throughput";
 
 impl MetaClient {
     pub fn new(settings: MetaSettings) -> Result<Self, MetaClientError> {
@@ -103,6 +108,10 @@ impl MetaClient {
         };
         let messages_url = parse(format!("{base}/{}/messages", settings.phone_number_id))?;
         let templates_url = parse(format!("{base}/{}/message_templates", settings.waba_id))?;
+        let limits_url = parse(format!(
+            "{base}/{}?fields={LIMIT_FIELDS}",
+            settings.phone_number_id
+        ))?;
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", settings.access_token))
             .map_err(|_| MetaClientError::BadToken)?;
         auth.set_sensitive(true);
@@ -121,6 +130,7 @@ impl MetaClient {
             http,
             messages_url,
             templates_url,
+            limits_url,
             auth,
             permits: Semaphore::new(max_in_flight),
             max_in_flight,
@@ -459,6 +469,31 @@ impl Provider for MetaClient {
             }
         }
         Ok(out)
+    }
+
+    async fn account_limits(&self) -> Result<Option<AccountLimits>, SendError> {
+        let (status, body) = self.execute(self.http.get(self.limits_url.clone())).await?;
+        if !status.is_success() {
+            return Err(error_from_answer(status, &body));
+        }
+        let v: Value = serde_json::from_slice(&body).map_err(|_| http_error(status, &body))?;
+        // Either field may be missing: the deprecated one on new accounts, the new one on old
+        // API versions. `TIER_NOT_SET` and unknown words read as no tier.
+        let tier = [
+            "whatsapp_business_manager_messaging_limit",
+            "messaging_limit_tier",
+        ]
+        .iter()
+        .filter_map(|f| v.get(*f).and_then(Value::as_str))
+        .find_map(|t| t.parse::<crate::domain::Tier>().ok());
+        let throughput_level = v
+            .pointer("/throughput/level")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(Some(AccountLimits {
+            tier,
+            throughput_level,
+        }))
     }
 }
 
@@ -904,6 +939,38 @@ mod tests {
         // The nameless entry is skipped, not fatal.
         assert_eq!(names, ["hello_world", "promo", "last"]);
         assert_eq!(list[1].quality.as_deref(), Some("RED"));
+    }
+
+    #[tokio::test]
+    async fn account_limits_read_either_tier_field_and_the_throughput_level() {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v23.0/{PHONE_ID}")))
+            .and(query_param("fields", LIMIT_FIELDS))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "whatsapp_business_manager_messaging_limit": "TIER_2K",
+                "messaging_limit_tier": "TIER_1K",
+                "throughput": {"level": "HIGH"},
+                "id": PHONE_ID
+            })))
+            .up_to_n_times(1)
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(format!("/v23.0/{PHONE_ID}")))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({
+                "messaging_limit_tier": "TIER_NOT_SET",
+                "id": PHONE_ID
+            })))
+            .mount(&server)
+            .await;
+        let c = client(&server);
+        let got = c.account_limits().await.unwrap().unwrap();
+        assert_eq!(got.tier, Some(crate::domain::Tier::Limited(2_000)));
+        assert_eq!(got.throughput_level.as_deref(), Some("HIGH"));
+        let got = c.account_limits().await.unwrap().unwrap();
+        assert_eq!(got, AccountLimits::default(), "TIER_NOT_SET is no tier");
     }
 
     #[tokio::test]

@@ -127,6 +127,24 @@ pub trait Provider: Send + Sync {
 
     /// Every template of the account, all pages.
     fn list_templates(&self) -> impl Future<Output = Result<Vec<TemplateDef>, SendError>> + Send;
+
+    /// The line's messaging limit and throughput level as the provider reports them; `None`
+    /// where the provider has no such read.
+    fn account_limits(
+        &self,
+    ) -> impl Future<Output = Result<Option<AccountLimits>, SendError>> + Send {
+        async { Ok(None) }
+    }
+}
+
+/// What `GET /{phone-number-id}?fields=…` tells about a line (reference §4.1–§4.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// The portfolio's messaging limit (`whatsapp_business_manager_messaging_limit`, else the
+    /// deprecated `messaging_limit_tier`), when the answer carried a readable one.
+    pub tier: Option<crate::domain::Tier>,
+    /// `throughput.level`: `STANDARD` (80 msg/s) or `HIGH` (1,000 msg/s).
+    pub throughput_level: Option<String>,
 }
 
 #[cfg(test)]

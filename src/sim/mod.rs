@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::clock::{Clock, SharedClock};
 use delivery::{lock, DeliveryStats, Job, Target, Tracker};
 pub use fate::{Fate, FateMix};
 pub use graph_error::GraphError;
@@ -117,6 +118,31 @@ pub struct SimConfig {
     pub seed: u64,
     /// Added before every send answer.
     pub latency: Duration,
+    /// Meta's pair rate per (line, recipient) → 131056; `None` = not enforced.
+    pub pair_rate: Option<PairRate>,
+    /// The messaging limit `GET /{phone-number-id}` reports
+    /// (`whatsapp_business_manager_messaging_limit`, e.g. `TIER_2K`); `None` = not reported.
+    pub messaging_limit: Option<String>,
+    /// Time for the pair rate and the ledger's `at_ms`; the wall clock when `None`. Tests
+    /// share their injected clock so the ledger and the daemon agree on time.
+    pub clock: Option<SharedClock>,
+}
+
+/// Meta's pair rate limit (reference §4.3): one message per `interval` to one user, sustained,
+/// with bursts of up to `burst` paid back afterwards (a GCRA per recipient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairRate {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+impl Default for PairRate {
+    fn default() -> Self {
+        PairRate {
+            interval: Duration::from_secs(6),
+            burst: 45,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -131,6 +157,9 @@ impl Default for SimConfig {
             auth_error_status: 401,
             seed: 42,
             latency: Duration::ZERO,
+            pair_rate: Some(PairRate::default()),
+            messaging_limit: None,
+            clock: None,
         }
     }
 }
@@ -155,6 +184,8 @@ pub struct LedgerEntry {
     pub fate: Fate,
     #[serde(serialize_with = "unix_ms")]
     pub accepted_at: SystemTime,
+    /// Acceptance time on the simulator's clock (the injected one in tests), Unix ms.
+    pub at_ms: i64,
     #[serde(skip)]
     pub accepted_instant: Instant,
 }
@@ -276,6 +307,9 @@ struct Inner {
     rejected_by_code: Mutex<BTreeMap<i64, u64>>,
     marked_read: AtomicU64,
     inbound_injected: AtomicU64,
+    /// (phone_number_id, wa_id) → theoretical arrival time of the next message (GCRA), ms.
+    pairs: Mutex<HashMap<(String, String), i64>>,
+    messaging_limit: RwLock<Option<String>>,
     tracker: Arc<Tracker>,
     dstats: Arc<DeliveryStats>,
     /// Started on first use so `Simulator::new` works outside a Tokio runtime.
@@ -356,6 +390,8 @@ impl Simulator {
                 rejected_by_code: Mutex::new(BTreeMap::new()),
                 marked_read: AtomicU64::new(0),
                 inbound_injected: AtomicU64::new(0),
+                pairs: Mutex::new(HashMap::new()),
+                messaging_limit: RwLock::new(cfg.messaging_limit.clone()),
                 tracker: Arc::new(Tracker::default()),
                 dstats: Arc::new(DeliveryStats::default()),
                 worker: OnceLock::new(),
@@ -376,6 +412,7 @@ impl Simulator {
             .route("/sim/inbound", post(inbound_handler))
             .route("/sim/fate", post(fate_handler))
             .route("/sim/throughput", post(throughput_handler))
+            .route("/sim/tier", post(tier_handler))
             .route("/sim/flush", post(flush_handler))
             .route("/{version}/{id}/messages", post(send_handler))
             .route("/{version}/{id}/message_templates", get(templates_handler))
@@ -748,6 +785,60 @@ impl Simulator {
             .cloned()
     }
 
+    fn now_ms(&self) -> i64 {
+        match &self.inner.cfg.clock {
+            Some(c) => c.now_millis(),
+            None => crate::clock::SystemClock.now_millis(),
+        }
+    }
+
+    /// The pair rate: 131056 when this recipient has had its burst on this line.
+    fn take_pair_slot(&self, pnid: &str, wa_id: &str) -> Result<(), GraphError> {
+        let Some(rate) = self.inner.cfg.pair_rate else {
+            return Ok(());
+        };
+        let now = self.now_ms();
+        let interval = rate.interval.as_millis() as i64;
+        let tolerance = interval * i64::from(rate.burst.max(1) - 1);
+        let mut pairs = lock(&self.inner.pairs);
+        let tat = pairs
+            .entry((pnid.to_string(), wa_id.to_string()))
+            .or_insert(now);
+        let next = (*tat).max(now);
+        if next - now > tolerance {
+            return Err(GraphError::new(
+                131056,
+                "(Business Account, Consumer Account) pair rate limit hit",
+            ));
+        }
+        *tat = next + interval;
+        Ok(())
+    }
+
+    /// The messaging limit the phone-number object reports (`TIER_2K`, …). With `notify`, a
+    /// `business_capability_update` webhook is posted for every WABA too, as Meta does when a
+    /// limit changes.
+    pub fn set_messaging_limit(&self, tier: &str, notify: bool) {
+        *self
+            .inner
+            .messaging_limit
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tier.to_string());
+        if !notify {
+            return;
+        }
+        let mut wabas = HashSet::new();
+        for l in self.inner.lines.values() {
+            if wabas.insert(l.cfg.waba_id.clone()) {
+                let value = json!({
+                    "max_daily_conversations_per_business": tier,
+                    "max_phone_numbers_per_business": 2,
+                });
+                self.enqueue_change(&l.target, "business_capability_update", value);
+            }
+        }
+    }
+
     fn window_open(&self, pnid: &str, keys: [&str; 2]) -> bool {
         let w = lock(&self.inner.windows);
         keys.iter().any(|k| {
@@ -917,6 +1008,7 @@ impl Simulator {
             }
         }
 
+        self.take_pair_slot(pnid, &wa_id)?;
         let in_window = self.window_open(pnid, [&wa_id, &to_digits]);
         let mut fate = self.fate_for(&to);
         if !is_template {
@@ -943,6 +1035,7 @@ impl Simulator {
             callback_data: callback_data.clone(),
             fate,
             accepted_at,
+            at_ms: self.now_ms(),
             accepted_instant: Instant::now(),
         });
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
@@ -1277,13 +1370,22 @@ impl Simulator {
             } else {
                 "STANDARD"
             };
-            let full = json!({
+            let mut full = json!({
                 "id": id,
                 "display_phone_number": l.cfg.display_phone_number,
                 "verified_name": "tiercast simulator",
                 "quality_rating": "GREEN",
                 "throughput": { "level": level },
             });
+            let limit = self
+                .inner
+                .messaging_limit
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(limit) = limit {
+                full["whatsapp_business_manager_messaging_limit"] = Value::from(limit);
+            }
             return Ok(project(full, fields));
         }
         if self.inner.lines.values().any(|l| l.cfg.waba_id == id) {
@@ -1405,6 +1507,24 @@ async fn throughput_handler(State(sim): State<Simulator>, body: Bytes) -> Respon
         }
         Ok(r) => bad_request(format!("unknown phone_number_id {}", r.phone_number_id)),
         Err(e) => bad_request(format!("expected {{phone_number_id, mps}}: {e}")),
+    }
+}
+
+#[derive(Deserialize)]
+struct TierReq {
+    tier: String,
+    #[serde(default)]
+    webhook: bool,
+}
+
+/// `POST /sim/tier {"tier": "TIER_2K", "webhook": true}`: the messaging limit Meta reports.
+async fn tier_handler(State(sim): State<Simulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<TierReq>(&body) {
+        Ok(r) => {
+            sim.set_messaging_limit(&r.tier, r.webhook);
+            Json(json!({ "success": true })).into_response()
+        }
+        Err(e) => bad_request(format!("expected {{tier, webhook}}: {e}")),
     }
 }
 

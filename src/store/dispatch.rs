@@ -21,6 +21,23 @@ use std::collections::{BTreeMap, HashMap};
 /// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
 pub const AWAITING_RETRY_RUN: Millis = i64::MAX / 4;
 
+/// The pair rate (reference §4.3): one message per contact per 6 s on a line. A claim skips
+/// contacts another row of the line sent to more recently than this.
+pub const PAIR_RATE_GAP: Millis = 6_000;
+
+/// Given a contact's number: `Some(t)` when its own hours are closed and open again at `t`.
+pub type LocalHours<'a> = dyn Fn(&str) -> Option<Millis> + Sync + 'a;
+
+/// What a claim must respect besides due dates and SPEC §2 rule 3.
+#[derive(Default)]
+pub struct ClaimGate<'a> {
+    /// The portfolio's messaging limit (and a ramp's cap), reserved in the claim's transaction.
+    pub budget: Option<&'a TierBudget>,
+    /// For `local_time` campaigns: given a contact's number, `Some(t)` when its own hours are
+    /// closed and open again at `t`; `None` when it may be sent now.
+    pub local_hours: Option<&'a LocalHours<'a>>,
+}
+
 /// A row claimed for sending, with what rendering needs.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -101,8 +118,9 @@ impl Store {
         now: Millis,
         hold_until: Millis,
         limit: usize,
-        budget: Option<&TierBudget>,
+        gate: &ClaimGate<'_>,
     ) -> StoreResult<Vec<Claimed>> {
+        let budget = gate.budget;
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
@@ -115,7 +133,8 @@ impl Store {
                 WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') AND h.next_attempt_at <= $2 \
                   AND h.inflight_attempt_id IS NULL \
                   AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $5 \
-                                  AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL)) \
+                                  AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL \
+                                                        OR o.sent_at > $6)) \
                   AND NOT EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
                                   WHERE ic.id = h.contact_id AND i.line = $5 AND i.state = 'open') \
                 ORDER BY h.next_attempt_at, h.id LIMIT $4 {lock}) \
@@ -127,6 +146,7 @@ impl Store {
             .bind(hold_until)
             .bind(limit as i64)
             .bind(line)
+            .bind(now - PAIR_RATE_GAP)
             .fetch_all(&mut *tx)
             .await?;
         if rows.is_empty() {
@@ -162,6 +182,34 @@ impl Store {
                     fields,
                 ),
             );
+        }
+
+        if let Some(opens_at) = gate.local_hours {
+            // Contacts whose own hours are closed wait, unclaimed, until those hours open.
+            let mut closed: Vec<(i64, Millis)> = Vec::new();
+            claimed.retain(|(hopper_id, contact_id, _)| {
+                let phone = contacts.get(contact_id).map(|c| c.0.as_str()).unwrap_or("");
+                match opens_at(phone) {
+                    Some(at) => {
+                        closed.push((*hopper_id, at));
+                        false
+                    }
+                    None => true,
+                }
+            });
+            for (hopper_id, at) in &closed {
+                sqlx::query(
+                    "UPDATE hopper SET inflight_attempt_id = NULL, next_attempt_at = $1 WHERE id = $2",
+                )
+                .bind(*at)
+                .bind(*hopper_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            if claimed.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
         }
 
         if let Some(budget) = budget {
@@ -291,6 +339,17 @@ impl Store {
     }
 
     /// Records a failed send and moves the row as `action` says.
+    /// How many earlier sends of this attempt's row met the pair rate limit (131056).
+    pub async fn pair_rate_hits(&self, attempt_id: i64) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM attempts WHERE error_code = 131056 \
+               AND hopper_id = (SELECT hopper_id FROM attempts WHERE id = $1)",
+        )
+        .bind(attempt_id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     pub async fn record_failure(
         &self,
         attempt_id: i64,

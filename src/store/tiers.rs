@@ -17,7 +17,23 @@ pub const DAY_MILLIS: Millis = 24 * 3600 * 1000;
 pub struct TierBudget {
     pub portfolio: String,
     pub tier: Tier,
+    /// A ramping campaign's cap: distinct recipients the portfolio may have reached in the last
+    /// 7 days (half the limit qualifies it for the next tier; it then waits for the upgrade).
+    pub ramp_cap: Option<u64>,
 }
+
+impl TierBudget {
+    /// The same budget for a `ramp = true` campaign: new recipients stop once the portfolio
+    /// qualifies for its next tier, and resume when the tier rises. No cap at the top.
+    pub fn ramped(&self) -> TierBudget {
+        TierBudget {
+            ramp_cap: self.tier.limit().map(|l| l.div_ceil(2)),
+            ..self.clone()
+        }
+    }
+}
+
+pub const WEEK_MILLIS: Millis = 7 * DAY_MILLIS;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TierUsage {
@@ -121,36 +137,28 @@ impl Store {
                 .fetch_optional(&mut **tx)
                 .await?;
         }
-        let window_start = now - DAY_MILLIS;
-        let sql = self.bulk_sql(format!(
-            "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2 AND phone IN ({})",
-            placeholders(3, phones.len())
-        ));
-        let mut q = sqlx::query(&sql).bind(&budget.portfolio).bind(window_start);
-        for p in phones {
-            q = q.bind(p.as_str());
-        }
-        let known: HashSet<String> = q
-            .fetch_all(&mut **tx)
-            .await?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<Result<_, _>>()?;
-        let mut used: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2",
-        )
-        .bind(&budget.portfolio)
-        .bind(window_start)
-        .fetch_one(&mut **tx)
-        .await?;
+        let (known, mut used) = self
+            .reached_since(tx, budget, phones, now - DAY_MILLIS)
+            .await?;
         let limit = budget.tier.limit().map(|l| l as i64).unwrap_or(i64::MAX);
+        // A ramp counts distinct recipients over 7 days, as Meta's upgrade rule does.
+        let (known_week, mut used_week) = match budget.ramp_cap {
+            Some(_) => {
+                self.reached_since(tx, budget, phones, now - WEEK_MILLIS)
+                    .await?
+            }
+            None => (HashSet::new(), 0),
+        };
+        let ramp_cap = budget.ramp_cap.map(|c| c as i64).unwrap_or(i64::MAX);
         let mut admitted = Vec::with_capacity(phones.len());
         let mut reached = Vec::new();
         for phone in phones {
+            let new_this_week = !known_week.contains(phone);
             let ok = if known.contains(phone) {
                 true
-            } else if used < limit {
+            } else if used < limit && (!new_this_week || used_week < ramp_cap) {
                 used += 1;
+                used_week += i64::from(new_this_week);
                 true
             } else {
                 false
@@ -173,6 +181,38 @@ impl Store {
             q.execute(&mut **tx).await?;
         }
         Ok(admitted)
+    }
+
+    /// Which of `phones` the portfolio reached after `since`, and how many recipients in all.
+    async fn reached_since(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        budget: &TierBudget,
+        phones: &[String],
+        since: Millis,
+    ) -> StoreResult<(HashSet<String>, i64)> {
+        let sql = self.bulk_sql(format!(
+            "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2 AND phone IN ({})",
+            placeholders(3, phones.len())
+        ));
+        let mut q = sqlx::query(&sql).bind(&budget.portfolio).bind(since);
+        for p in phones {
+            q = q.bind(p.as_str());
+        }
+        let known: HashSet<String> = q
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<Result<_, _>>()?;
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2",
+        )
+        .bind(&budget.portfolio)
+        .bind(since)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok((known, count))
     }
 
     /// When the next slot of a full portfolio opens: the oldest recipient's send + 24 h.
@@ -286,6 +326,7 @@ impl Store {
         Ok(TierBudget {
             portfolio: portfolio.to_string(),
             tier,
+            ramp_cap: None,
         })
     }
 }

@@ -331,7 +331,14 @@ lists = ["l"]
     let hold = config.server.reconcile_after.as_millis() as i64;
     let claimed = db
         .store
-        .claim_due(campaign_id, "main", now, now + hold, 10, None)
+        .claim_due(
+            campaign_id,
+            "main",
+            now,
+            now + hold,
+            10,
+            &Default::default(),
+        )
         .await
         .unwrap();
     assert_eq!(claimed.len(), 2);

@@ -241,6 +241,29 @@ impl Dispatcher {
         Ok(n)
     }
 
+    /// Whether this daemon may drive (or keep driving) the line leased as `lease`: lines are
+    /// spread evenly, at most ⌈lines / live daemons⌉ each. A daemon over its share keeps the
+    /// lines first in name order and gives back the rest. On a database error it keeps going
+    /// as it was: the leases alone still guarantee one driver per line.
+    async fn within_share(&self, lease: &str, holding: bool) -> bool {
+        let now = self.now();
+        let (members, held) = match tokio::try_join!(
+            self.store.live_members(now),
+            self.store.leases_held("line:", &self.holder, now)
+        ) {
+            Ok(v) => v,
+            Err(_) => return true,
+        };
+        let share = (self.lines.len() as u64).div_ceil(members.max(1)) as usize;
+        if holding {
+            held.iter()
+                .position(|l| l == lease)
+                .is_none_or(|i| i < share)
+        } else {
+            held.len() < share
+        }
+    }
+
     /// Sends left in flight by a previous process (killed mid-call) are held for another
     /// `reconcile_after` from now: their status webhooks could not reach us while we were
     /// down, so the downtime must not count as "no news" (SPEC §2 rule 7).
@@ -590,11 +613,27 @@ impl Dispatcher {
             }
             // One daemon drives a line at a time (SPEC §6); renew well before expiry.
             if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3) {
-                match self
-                    .store
-                    .acquire_lease(&lease, &self.holder, self.now(), ttl.as_millis() as Millis)
-                    .await
-                {
+                let holding = renewed_at.is_some();
+                let within_share = self.within_share(&lease, holding).await;
+                if holding && !within_share {
+                    // More daemons joined: finish what is in flight, then hand the line over.
+                    while let Some(done) = sends.join_next().await {
+                        if let Ok(Err(e)) = done {
+                            tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                        }
+                    }
+                    let _ = self.store.release_lease(&lease, &self.holder).await;
+                    tracing::info!(line = %line, "handing the line to a daemon with fewer lines");
+                    renewed_at = None;
+                }
+                let acquired = if within_share {
+                    self.store
+                        .acquire_lease(&lease, &self.holder, self.now(), ttl.as_millis() as Millis)
+                        .await
+                } else {
+                    Ok(false)
+                };
+                match acquired {
                     Ok(true) => {
                         if renewed_at.is_none() {
                             tracing::info!(line = %line, holder = %self.holder, "driving the line");

@@ -192,6 +192,24 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
+    // Registered before the lines start, so line sharing counts this daemon from the first.
+    let member = format!("member:{}", dispatcher.holder());
+    let ttl = config.server.lease_ttl.as_millis() as Millis;
+    store
+        .acquire_lease(
+            &member,
+            dispatcher.holder(),
+            options.clock.now_millis(),
+            ttl,
+        )
+        .await?;
+    tasks.spawn(membership(
+        dispatcher.holder().to_string(),
+        store.clone(),
+        options.clock.clone(),
+        config.server.lease_ttl,
+        shutdown_rx.clone(),
+    ));
     for line in lines.keys() {
         tasks.spawn(
             dispatcher
@@ -285,6 +303,36 @@ pub async fn sync_templates(
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Keeps this daemon counted among the live ones (the `member:` lease) while it runs, so the
+/// lines are spread evenly across daemons; gives the lease back on shutdown.
+async fn membership(
+    holder: String,
+    store: Store,
+    clock: SharedClock,
+    ttl: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = format!("member:{holder}");
+    loop {
+        if let Err(e) = store
+            .acquire_lease(
+                &name,
+                &holder,
+                clock.now_millis(),
+                ttl.as_millis() as Millis,
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "membership not renewed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = store.release_lease(&name, &holder).await;
 }
 
 /// Periodic duties: response timeouts, gauges from the database, cron-scheduled retry runs.

@@ -37,4 +37,32 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// Daemons alive now: those whose `member:` lease has not expired.
+    pub async fn live_members(&self, now: Millis) -> StoreResult<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM leases WHERE name LIKE 'member:%' AND expires_at >= $1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// The unexpired leases named `{prefix}…` that `holder` holds, sorted by name.
+    pub async fn leases_held(
+        &self,
+        prefix: &str,
+        holder: &str,
+        now: Millis,
+    ) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM leases WHERE name LIKE $1 AND holder = $2 AND expires_at >= $3 ORDER BY name",
+        )
+        .bind(format!("{prefix}%"))
+        .bind(holder)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 }

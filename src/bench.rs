@@ -17,8 +17,11 @@ pub struct BenchOptions {
     pub contacts: usize,
     pub database_url: Option<String>,
     pub in_flight: usize,
+    /// Lines (numbers), each with a campaign of `contacts / lines` contacts.
+    pub lines: usize,
+    /// Daemons on the database: this process and `daemons - 1` `tiercast serve` children.
+    pub daemons: usize,
 }
-
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -37,6 +40,25 @@ pub fn cpu_and_peak_rss() -> (f64, i64) {
     (secs(usage.ru_utime) + secs(usage.ru_stime), usage.ru_maxrss)
 }
 
+/// CPU seconds (user + system) another process has used so far, from `/proc/PID/stat`.
+fn process_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -47,20 +69,26 @@ impl Drop for KillOnDrop {
 }
 
 pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(options.lines >= 1, "--lines must be at least 1");
+    anyhow::ensure!(options.daemons >= 1, "--daemons must be at least 1");
     let dir = tempfile::tempdir()?;
     let (sim_port, daemon_port) = (free_port()?, free_port()?);
     let database_url = options
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
-    let config_text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{daemon_port}"
-database_url = "{database_url}"
-
+    anyhow::ensure!(
+        options.daemons == 1 || database_url.starts_with("postgres"),
+        "several daemons need a PostgreSQL --database-url"
+    );
+    let mut config_text = format!(
+        "[server]\nlisten = \"127.0.0.1:{daemon_port}\"\ndatabase_url = \"{database_url}\"\n"
+    );
+    for i in 0..options.lines {
+        config_text.push_str(&format!(
+            r#"
 [[lines]]
-name = "bench"
+name = "bench{i}"
 provider = "simulator"
 tier = "unlimited"
 api_base = "http://127.0.0.1:{sim_port}/v23.0"
@@ -68,99 +96,210 @@ throughput_mps = 1000000
 max_in_flight = {in_flight}
 
 [[campaigns]]
-name = "bench"
-line = "bench"
+name = "bench{i}"
+line = "bench{i}"
 template = {{ name = "renewal_reminder", language = "pt_BR" }}
-lists = ["bench"]
+lists = ["bench{i}"]
 variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
 "#,
-        in_flight = options.in_flight
-    );
+            in_flight = options.in_flight
+        ));
+    }
     let config_path = dir.path().join("bench.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = Config::parse(&config_text, "bench.toml")?;
-
     let exe = std::env::current_exe()?;
-    let _sim = KillOnDrop(
-        Command::new(exe)
-            .args(["simulate", "--all-read", "--throughput", "0", "--listen"])
+    let simulator = |webhooks: bool| -> anyhow::Result<KillOnDrop> {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["simulate", "--all-read", "--throughput", "0", "--listen"])
             .arg(format!("127.0.0.1:{sim_port}"))
-            .arg("--webhook-url")
-            .arg(format!("http://127.0.0.1:{daemon_port}/webhooks/meta"))
             .arg("--config")
             .arg(&config_path)
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting the simulator process")?,
+            .stdout(Stdio::null());
+        if webhooks {
+            cmd.arg("--webhook-url")
+                .arg(format!("http://127.0.0.1:{daemon_port}/webhooks/meta"));
+        }
+        Ok(KillOnDrop(
+            cmd.spawn().context("starting the simulator process")?,
+        ))
+    };
+
+    // The simulator's own ceiling: a bare load generator, same requests and concurrency.
+    let ceiling = {
+        let _sim = simulator(false)?;
+        wait_for_port(sim_port).await?;
+        bare_load(
+            sim_port,
+            &config,
+            options.contacts.min(20_000),
+            options.in_flight,
+        )
+        .await?
+    };
+
+    let sim = simulator(true)?;
+    wait_for_port(sim_port).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let daemon = serve::start(config.clone(), ServeOptions::new(clock.clone())).await?;
+    let per_line = options.contacts.div_ceil(options.lines);
+    for (i, c) in config.campaigns.iter().enumerate() {
+        let mut csv = String::with_capacity(per_line * 40);
+        csv.push_str("phone,name,plan\n");
+        for k in (i * per_line)..((i + 1) * per_line).min(options.contacts) {
+            csv.push_str(&format!("+55119{:08},Person {k},gold\n", 60_000_000 + k));
+        }
+        import::import(
+            &daemon.store,
+            clock.as_ref(),
+            &BytesSource {
+                name: "generated".into(),
+                bytes: csv.as_bytes(),
+            },
+            &ImportOptions {
+                list: c.lists[0].clone(),
+                default_country: None,
+                opt_in: false,
+                batch_size: 1000,
+                progress: false,
+            },
+        )
+        .await?;
+    }
+    // The other daemons: the same binary and config, listening elsewhere (webhooks come here).
+    let mut others = Vec::new();
+    for _ in 1..options.daemons {
+        let text = config_text.replace(
+            &format!("127.0.0.1:{daemon_port}"),
+            &format!("127.0.0.1:{}", free_port()?),
+        );
+        let path = dir.path().join(format!("bench-{}.toml", others.len() + 1));
+        std::fs::write(&path, text)?;
+        others.push(KillOnDrop(
+            Command::new(&exe)
+                .arg("--config")
+                .arg(&path)
+                .arg("serve")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting another daemon")?,
+        ));
+    }
+    let cpu = |others: &[KillOnDrop]| {
+        cpu_and_peak_rss().0 + others.iter().map(|o| process_cpu(o.0.id())).sum::<f64>()
+    };
+    if !others.is_empty() {
+        // Let them join before the clock starts, so the lines are spread from the first send.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    let cpu_before = cpu(&others);
+    let started = Instant::now();
+    for c in &config.campaigns {
+        campaign::command(
+            &daemon.store,
+            clock.as_ref(),
+            &config,
+            &c.name,
+            CampaignCommand::Start,
+        )
+        .await?;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut sent = 0;
+        for c in &config.campaigns {
+            sent += campaign::status(&daemon.store, clock.as_ref(), c)
+                .await?
+                .sent;
+        }
+        if sent as usize >= options.contacts {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "bench did not finish in 10 minutes: {sent} sent"
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu_used = cpu(&others) - cpu_before;
+    let (_, peak_rss) = cpu_and_peak_rss();
+    let n = options.contacts as f64;
+    let rate = n / elapsed;
+    println!(
+        "bench: {} templates sent in {elapsed:.2}s = {rate:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS {} MiB; {}, {} line(s), {} daemon(s), {} in flight per line",
+        options.contacts,
+        cpu_used * 1e6 / n,
+        cpu_used / elapsed,
+        peak_rss / 1024,
+        if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+        options.lines,
+        options.daemons,
+        options.in_flight
     );
+    println!(
+        "simulator ceiling (bare HTTP load, {} in flight): {ceiling:.0} msg/s; bench / ceiling = {:.2}",
+        options.in_flight,
+        rate / ceiling
+    );
+    drop(others);
+    daemon.shutdown().await;
+    drop(sim);
+    Ok(())
+}
+
+async fn wait_for_port(port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", sim_port))
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .is_err()
     {
         anyhow::ensure!(Instant::now() < deadline, "the simulator did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-
-    let clock: SharedClock = Arc::new(SystemClock);
-    let daemon = serve::start(config.clone(), ServeOptions::new(clock.clone())).await?;
-    let mut csv = String::with_capacity(options.contacts * 40);
-    csv.push_str("phone,name,plan\n");
-    for i in 0..options.contacts {
-        csv.push_str(&format!("+55119{:08},Person {i},gold\n", 60_000_000 + i));
-    }
-    import::import(
-        &daemon.store,
-        clock.as_ref(),
-        &BytesSource {
-            name: "generated".into(),
-            bytes: csv.as_bytes(),
-        },
-        &ImportOptions {
-            list: "bench".into(),
-            default_country: None,
-            opt_in: false,
-            batch_size: 1000,
-            progress: false,
-        },
-    )
-    .await?;
-
-    let (cpu_before, _) = cpu_and_peak_rss();
-    let started = Instant::now();
-    campaign::command(
-        &daemon.store,
-        clock.as_ref(),
-        &config,
-        "bench",
-        CampaignCommand::Start,
-    )
-    .await?;
-    let c = campaign::find(&config, "bench")?;
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let s = campaign::status(&daemon.store, clock.as_ref(), c).await?;
-        if s.sent as usize >= options.contacts {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "bench did not finish in 10 minutes: {s:?}"
-        );
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let (cpu_after, peak_rss) = cpu_and_peak_rss();
-    let n = options.contacts as f64;
-    println!(
-        "bench: {} templates sent in {elapsed:.2}s = {:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS {} MiB; {} ({} in flight)",
-        options.contacts,
-        n / elapsed,
-        (cpu_after - cpu_before) * 1e6 / n,
-        (cpu_after - cpu_before) / elapsed,
-        peak_rss / 1024,
-        if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
-        options.in_flight
-    );
-    daemon.shutdown().await;
     Ok(())
+}
+
+/// Sends `n` template requests straight to the simulator, `in_flight` at a time, through
+/// keep-alive connections, and returns the accepted rate: what the simulator can take at
+/// most on this machine, against which the daemon's rate is read.
+async fn bare_load(port: u16, config: &Config, n: usize, in_flight: usize) -> anyhow::Result<f64> {
+    use futures::StreamExt;
+    let line = &config.lines[0];
+    let url = format!(
+        "http://127.0.0.1:{port}/v23.0/{}/messages",
+        line.phone_number_id
+    );
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(in_flight)
+        .tcp_nodelay(true)
+        .build()?;
+    let auth = format!("Bearer {}", crate::lines::SIM_ACCESS_TOKEN);
+    let started = Instant::now();
+    let results: Vec<bool> = futures::stream::iter(0..n)
+        .map(|k| {
+            let body = serde_json::json!({
+                "messaging_product": "whatsapp",
+                "to": format!("+55119{:08}", 40_000_000 + k),
+                "type": "template",
+                "template": {"name": "renewal_reminder", "language": {"code": "pt_BR"},
+                    "components": [{"type": "body", "parameters": [
+                        {"type": "text", "text": "Person"}, {"type": "text", "text": "gold"},
+                        {"type": "text", "text": "30%"}]}]}
+            });
+            let req = http.post(&url).header("authorization", &auth).json(&body);
+            async move { matches!(req.send().await, Ok(r) if r.status().is_success()) }
+        })
+        .buffer_unordered(in_flight.max(1))
+        .collect()
+        .await;
+    let ok = results.iter().filter(|ok| **ok).count();
+    anyhow::ensure!(
+        ok == n,
+        "the simulator refused {} of {n} bare requests",
+        n - ok
+    );
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }

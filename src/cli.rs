@@ -99,9 +99,15 @@ pub enum Command {
     Bench {
         #[arg(long, default_value_t = 20_000)]
         contacts: usize,
-        /// Requests in flight at once
+        /// Requests in flight at once, per line
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// Lines (numbers), the contacts split between them
+        #[arg(long, default_value_t = 1)]
+        lines: usize,
+        /// Daemons on the database (more than one needs PostgreSQL)
+        #[arg(long, default_value_t = 1)]
+        daemons: usize,
     },
     /// Templates: fetch them from the provider, or show the synced ones
     Templates {
@@ -345,10 +351,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             contacts,
             in_flight,
+            lines,
+            daemons,
         } => crate::bench::run(crate::bench::BenchOptions {
             contacts,
             database_url: cli.global.database_url.clone(),
             in_flight,
+            lines,
+            daemons,
         })
         .await
         .map_err(CliError::Failure)?,

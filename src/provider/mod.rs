@@ -127,6 +127,23 @@ pub trait Provider: Send + Sync {
 
     /// Every template of the account, all pages.
     fn list_templates(&self) -> impl Future<Output = Result<Vec<TemplateDef>, SendError>> + Send;
+
+    /// Submits a new template for review (`request` is the Graph creation body).
+    fn create_template(
+        &self,
+        request: &serde_json::Value,
+    ) -> impl Future<Output = Result<CreatedTemplate, SendError>> + Send;
+}
+
+/// The provider's answer to a template creation: under review, usually.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CreatedTemplate {
+    pub id: String,
+    /// PENDING (review running), APPROVED (some authentication templates) or REJECTED.
+    pub status: String,
+    /// Meta may answer with another category than the one asked for.
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 #[cfg(test)]

@@ -35,6 +35,16 @@ pub struct GlobalArgs {
     /// Database URL (overrides server.database_url): sqlite://FILE or postgres://…
     #[arg(long, global = true, env = "TIERCAST_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Log lines on stderr: `text`, or `json` (one object per line, with the fields of the
+    /// enclosing spans: campaign, contact id, wamid)
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "TIERCAST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +188,14 @@ pub enum TemplatesAction {
         line: Option<String>,
     },
     List,
+    /// Submit a new template described in a TOML file (see examples/template.toml) for Meta's
+    /// review; it is stored as PENDING until the status webhook approves or rejects it
+    Create {
+        file: PathBuf,
+        /// The line whose account gets the template (needed when the config has several)
+        #[arg(long)]
+        line: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -234,7 +252,7 @@ impl From<std::io::Error> for CliError {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.global.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Input(message)) => {
@@ -248,13 +266,22 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,tiercast=info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        // The current span's fields (campaign, contact, wamid) and the whole span list, so a
+        // log shipper can filter on them without parsing text.
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 /// The config named by `--config`, else `tiercast.toml` if present, else the defaults.
@@ -633,22 +660,24 @@ async fn templates(config: Config, action: TemplatesAction) -> Result<(), CliErr
                 )));
             }
         }
+        TemplatesAction::Create { file, line } => create_template(config, &file, line).await?,
         TemplatesAction::List => {
             let store = Store::open(&config.server.database_url).await?;
             println!(
-                "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} PLACEHOLDERS",
-                "LINE", "NAME", "LANG", "CATEGORY", "STATUS", "QUALITY"
+                "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} {:<16} PLACEHOLDERS",
+                "LINE", "NAME", "LANG", "CATEGORY", "STATUS", "QUALITY", "CHANGES"
             );
             for (line, t) in store.templates().await? {
                 let slots: Vec<String> = t.placeholders().into_iter().map(|s| s.key).collect();
                 println!(
-                    "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} {}",
+                    "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} {:<16} {}",
                     line,
                     t.name,
                     t.language,
                     t.category,
                     t.status,
                     t.quality.as_deref().unwrap_or("-"),
+                    template_changes(&t),
                     slots.join(", ")
                 );
             }
@@ -656,6 +685,114 @@ async fn templates(config: Config, action: TemplatesAction) -> Result<(), CliErr
         }
     }
     Ok(())
+}
+
+/// `templates create`: check the file, submit it on the line's account, store the answer.
+/// Nothing reaches the network or the database unless the whole file is valid.
+async fn create_template(
+    config: Config,
+    file: &Path,
+    line: Option<String>,
+) -> Result<(), CliError> {
+    use crate::provider::Provider;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::Input(format!("{}: {e}", file.display())))?;
+    let new = crate::domain::authoring::parse(&text, &file.display().to_string())
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    let names: Vec<&str> = config.lines.iter().map(|l| l.name.as_str()).collect();
+    let line = match (line, names.as_slice()) {
+        (Some(l), _) if names.contains(&l.as_str()) => l,
+        (Some(l), _) => {
+            return Err(CliError::Input(format!(
+                "--line: no line named {l:?} in {} (defined: {})",
+                config.source,
+                names.join(", ")
+            )))
+        }
+        (None, [only]) => (*only).to_string(),
+        (None, []) => {
+            return Err(CliError::Input(format!(
+                "{}: no line is configured to create the template on",
+                config.source
+            )))
+        }
+        (None, _) => {
+            return Err(CliError::Input(format!(
+                "--line: {} has several lines; name one ({})",
+                config.source,
+                names.join(", ")
+            )))
+        }
+    };
+    // Only this line's secrets are needed.
+    let mut one = config.clone();
+    one.lines.retain(|l| l.name == line);
+    let runtimes = crate::lines::build(&one, None)?;
+    let rt = runtimes
+        .get(&line)
+        .ok_or_else(|| CliError::Failure(anyhow::anyhow!("line {line} was not built")))?;
+    let created = rt
+        .provider
+        .create_template(&new.request)
+        .await
+        .map_err(|e| {
+            CliError::Failure(anyhow::anyhow!(
+                "line {line}: the provider refused template {} ({}): {e}",
+                new.name,
+                new.language
+            ))
+        })?;
+    let mut stored = new.request.clone();
+    stored["id"] = created.id.clone().into();
+    stored["status"] = created.status.clone().into();
+    if let Some(category) = &created.category {
+        stored["category"] = category.clone().into();
+    }
+    let def: crate::domain::template::TemplateDef = serde_json::from_value(stored)
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("reading back the template: {e}")))?;
+    let store = Store::open(&config.server.database_url).await?;
+    store
+        .insert_created_template(&line, &def, SystemClock.now_millis())
+        .await?;
+    store.close().await;
+    println!(
+        "template {} ({}) submitted on line {line}: id {}, status {}, category {}",
+        def.name, def.language, created.id, def.status, def.category
+    );
+    if def.category != new.category {
+        println!(
+            "Meta changed the category from {} to {}",
+            new.category, def.category
+        );
+    }
+    Ok(())
+}
+
+/// What `templates list` says about a template beyond its columns: Meta's recategorisation
+/// (done or announced) and why it was rejected; `-` when there is nothing.
+pub fn template_changes(t: &crate::domain::template::TemplateDef) -> String {
+    let at = |ms: Option<i64>| {
+        ms.map(|ms| {
+            crate::clock::from_millis(ms)
+                .format(" %Y-%m-%d %H:%M UTC")
+                .to_string()
+        })
+        .unwrap_or_default()
+    };
+    let mut notes = Vec::new();
+    if let Some(correct) = &t.correct_category {
+        notes.push(format!("becomes {correct}{}", at(t.category_change_at)));
+    } else if let Some(previous) = &t.previous_category {
+        notes.push(format!("was {previous}{}", at(t.category_change_at)));
+    }
+    if let Some(reason) = &t.rejected_reason {
+        notes.push(format!("rejected: {reason}"));
+    }
+    if notes.is_empty() {
+        "-".into()
+    } else {
+        notes.join("; ")
+    }
 }
 
 /// The retry run: every waiting retry row of the chosen campaigns becomes due now. A running

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// Prefix of our `biz_opaque_callback_data`, so data other systems put there is never misread.
 pub const CALLBACK_PREFIX: &str = "tc:";
@@ -401,7 +402,26 @@ impl Dispatcher {
         }
     }
 
+    /// One send, in a span naming the campaign, the contact (its id: numbers stay out of logs),
+    /// the attempt and, once accepted, the wamid.
     async fn send_one(
+        &self,
+        rt: &LineRuntime,
+        campaign: &ActiveCampaign,
+        row: Claimed,
+    ) -> Result<SendResult, StoreError> {
+        let span = tracing::info_span!(
+            "send",
+            line = %rt.line.name,
+            campaign = %campaign.config.name,
+            contact = row.contact_id,
+            attempt = row.attempt_id,
+            wamid = tracing::field::Empty,
+        );
+        self.send_in_span(rt, campaign, row).instrument(span).await
+    }
+
+    async fn send_in_span(
         &self,
         rt: &LineRuntime,
         campaign: &ActiveCampaign,
@@ -482,6 +502,8 @@ impl Dispatcher {
                     )
                     .await?;
                 m::message_sent(line, name);
+                tracing::Span::current().record("wamid", accepted.wamid.as_str());
+                tracing::debug!(wamid = %accepted.wamid, status = ?accepted.message_status, "template accepted");
                 Ok(SendResult::Accepted)
             }
             Err(error) => {

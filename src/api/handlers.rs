@@ -323,6 +323,13 @@ pub struct TemplateView {
     /// The keys a campaign's `variables` maps (`"1"`, `"first_name"`, `"header"`, `"button.0"`).
     placeholders: Vec<String>,
     components: serde_json::Value,
+    /// The category before Meta's last recategorisation.
+    previous_category: Option<String>,
+    /// An announced recategorisation: the category it will have at `category_change_at`.
+    correct_category: Option<String>,
+    /// Unix ms of the last or announced recategorisation.
+    category_change_at: Option<i64>,
+    rejected_reason: Option<String>,
 }
 
 pub async fn templates(State(state): State<ApiState>) -> ApiResult<Json<Vec<TemplateView>>> {
@@ -345,6 +352,10 @@ pub async fn templates(State(state): State<ApiState>) -> ApiResult<Json<Vec<Temp
             category: t.category,
             status: t.status,
             quality: t.quality,
+            previous_category: t.previous_category,
+            correct_category: t.correct_category,
+            category_change_at: t.category_change_at,
+            rejected_reason: t.rejected_reason,
         })
         .collect();
     Ok(Json(out))

@@ -1,5 +1,6 @@
 //! Pure types and rules, no I/O: phone numbers, hopper words, tiers, time groups.
 
+pub mod authoring;
 pub mod error_class;
 pub mod hopper;
 pub mod localtime;

@@ -46,6 +46,20 @@ pub struct TemplateDef {
     pub parameter_format: ParameterFormat,
     #[serde(default, deserialize_with = "null_default")]
     pub components: Vec<TemplateComponent>,
+    /// The category before Meta's last recategorisation (Graph's `previous_category`, or the
+    /// `previous_category` of a completed `template_category_update`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_category: Option<String>,
+    /// An announced recategorisation: the category Meta will set at `category_change_at`
+    /// (`correct_category` of an impending `template_category_update`). Not a Graph field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correct_category: Option<String>,
+    /// Unix ms: when the announced recategorisation happens, or when the last one happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category_change_at: Option<i64>,
+    /// Graph's `rejected_reason`, or the `reason` of a REJECTED status webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_reason: Option<String>,
 }
 
 /// `parameter_format`: `{{1}}` placeholders or `{{first_name}}` placeholders.

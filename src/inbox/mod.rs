@@ -9,10 +9,11 @@ use crate::domain::error_class::{classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome, Tier};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
-use crate::store::{FailureAction, StatusUpdate, Store, StoreError};
+use crate::store::{CategoryChange, FailureAction, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 mod replies;
 
@@ -72,8 +73,28 @@ impl Inbox {
         for event in events {
             m::webhook_event(event.kind());
             match event {
-                MetaEvent::Status(status) => self.on_status(status).await?,
-                MetaEvent::Inbound(message) => self.on_inbound(message).await?,
+                MetaEvent::Status(status) => {
+                    // Campaign and contact (its id, never the number) are filled in once the
+                    // wamid is matched to its row.
+                    let span = tracing::info_span!(
+                        "status",
+                        wamid = %status.wamid,
+                        status = status.status.as_str(),
+                        campaign = tracing::field::Empty,
+                        contact = tracing::field::Empty,
+                    );
+                    self.on_status(status).instrument(span).await?
+                }
+                MetaEvent::Inbound(message) => {
+                    let span = tracing::info_span!(
+                        "inbound",
+                        wamid = %message.wamid,
+                        context = message.context_id.as_deref(),
+                        campaign = tracing::field::Empty,
+                        contact = tracing::field::Empty,
+                    );
+                    self.on_inbound(message).instrument(span).await?
+                }
                 MetaEvent::TemplateQuality {
                     name,
                     language,
@@ -84,6 +105,32 @@ impl Inbox {
                         .set_template_quality(name, language, new, self.clock.now_millis())
                         .await?;
                     tracing::info!(template = %name, %language, quality = %new, "template quality changed");
+                }
+                MetaEvent::TemplateCategory {
+                    template_id,
+                    name,
+                    language,
+                    new,
+                    previous,
+                    correct,
+                    effective_at,
+                    ..
+                } => {
+                    let change = CategoryChange {
+                        template_id: template_id.as_deref(),
+                        name,
+                        language,
+                        new,
+                        previous: previous.as_deref(),
+                        correct: correct.as_deref(),
+                        effective_at: effective_at.map(|s| s.saturating_mul(1000)),
+                    };
+                    let n = self
+                        .store
+                        .set_template_category(&change, self.clock.now_millis())
+                        .await?;
+                    tracing::info!(template = %name, template_id = ?template_id, %language, category = %new,
+                        previous = ?previous, correct = ?correct, templates = n, "template category update");
                 }
                 MetaEvent::BusinessCapability {
                     waba_id,
@@ -143,9 +190,16 @@ impl Inbox {
                     ..
                 } if !wa_id.is_empty() => {
                     let phone = format!("+{}", wa_id.trim_start_matches('+'));
-                    if value == "stop" && category.contains("marketing") {
+                    if !category.contains("marketing") {
+                        continue;
+                    }
+                    if value == "stop" {
                         self.opt_out(&phone, "user_preferences stop", "user_preferences")
                             .await?;
+                    } else if value == "resume"
+                        && self.store.remove_marketing_opt_out(&phone).await?
+                    {
+                        tracing::info!(source = "user_preferences", "contact opted back in");
                     }
                 }
                 _ => {}
@@ -251,8 +305,13 @@ impl Inbox {
             self.store
                 .mark_outbound_status(&ev.wamid, ev.status.as_str())
                 .await?;
+            tracing::debug!("status of a message sent from the inbox");
             return Ok(());
         };
+        let span = tracing::Span::current();
+        span.record("campaign", target.campaign.as_str());
+        span.record("contact", target.contact_id);
+        tracing::debug!(advanced = target.advanced, "status applied");
         if ev.status != MessageStatus::Failed || !target.advanced {
             return Ok(());
         }

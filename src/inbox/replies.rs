@@ -162,9 +162,16 @@ impl Inbox {
             .await?;
         let now = self.clock.now_millis();
         let mut interaction = None;
+        if let Some(t) = &target {
+            tracing::Span::current().record("contact", t.contact_id);
+        }
         match target {
             Some(t) if t.state == "pending" => {
                 let campaign = self.campaign_config(t.campaign_id).await?;
+                if let Some(c) = &campaign {
+                    tracing::Span::current().record("campaign", c.name.as_str());
+                }
+                tracing::debug!(state = %t.state, "reply matched to its campaign row");
                 let late = t.response_deadline.is_some_and(|deadline| at > deadline);
                 let answer = campaign
                     .as_ref()
@@ -416,7 +423,7 @@ impl Inbox {
         let now = self.clock.now_millis();
         let n = self
             .store
-            .set_template_status(name, language, event, now)
+            .set_template_status(name, language, event, reason, now)
             .await?;
         tracing::info!(template = %name, %language, status = %event, templates = n, "template status changed");
         if !matches!(

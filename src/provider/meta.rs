@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{Accepted, AccountLimits, Provider, SendError, TemplateMessage};
+use super::{Accepted, AccountLimits, CreatedTemplate, Provider, SendError, TemplateMessage};
 use crate::domain::template::TemplateDef;
 
 /// Settings of one Meta line.
@@ -89,7 +89,7 @@ impl fmt::Debug for MetaClient {
 
 /// Fields asked of the template listing (reference §5.1).
 const TEMPLATE_FIELDS: &str =
-    "id,name,language,status,category,components,parameter_format,quality_score";
+    "id,name,language,status,category,previous_category,components,parameter_format,quality_score,rejected_reason";
 /// A WABA holds at most 6,000 templates, i.e. 60 pages of 100: this only stops a looping fake.
 const MAX_TEMPLATE_PAGES: usize = 1000;
 const SNIPPET_CHARS: usize = 200;
@@ -440,6 +440,25 @@ impl Provider for MetaClient {
         } else {
             Err(error_from_answer(status, &body))
         }
+    }
+
+    async fn create_template(&self, request: &Value) -> Result<CreatedTemplate, SendError> {
+        let (status, body) = self
+            .execute(self.http.post(self.templates_url.clone()).json(request))
+            .await?;
+        if !status.is_success() {
+            return Err(error_from_answer(status, &body));
+        }
+        // Graph writes the id as a string; accept a number too.
+        let mut v: Value = serde_json::from_slice(&body).map_err(|_| http_error(status, &body))?;
+        if let Some(id) = v
+            .get("id")
+            .filter(|id| id.is_number())
+            .map(ToString::to_string)
+        {
+            v["id"] = Value::String(id);
+        }
+        serde_json::from_value(v).map_err(|_| http_error(status, &body))
     }
 
     async fn list_templates(&self) -> Result<Vec<TemplateDef>, SendError> {
@@ -971,6 +990,60 @@ mod tests {
         assert_eq!(got.throughput_level.as_deref(), Some("HIGH"));
         let got = c.account_limits().await.unwrap().unwrap();
         assert_eq!(got, AccountLimits::default(), "TIER_NOT_SET is no tier");
+    }
+
+    #[tokio::test]
+    async fn template_creation_posts_the_graph_body() {
+        let server = MockServer::start().await;
+        let request = json!({
+            "name": "spring_offer", "language": "en_US", "category": "MARKETING",
+            "parameter_format": "POSITIONAL",
+            "components": [
+                { "type": "BODY", "text": "Hi {{1}}, welcome.", "example": { "body_text": [["Ann"]] } },
+                { "type": "BUTTONS", "buttons": [ { "type": "QUICK_REPLY", "text": "Yes" } ] } ] });
+        Mock::given(method("POST"))
+            .and(path(format!("/v23.0/{WABA}/message_templates").as_str()))
+            .and(header("authorization", format!("Bearer {TOKEN}").as_str()))
+            .and(body_json(&request))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({ "id": 1689556908129832_i64, "status": "PENDING", "category": "MARKETING" }),
+            ))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let created = client(&server)
+            .create_template(&request)
+            .await
+            .expect("created");
+        assert_eq!(
+            created,
+            CreatedTemplate {
+                id: "1689556908129832".into(),
+                status: "PENDING".into(),
+                category: Some("MARKETING".into()),
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn template_creation_error_keeps_metas_reason() {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(400).set_body_json(json!({
+                "error": { "message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100,
+                           "error_subcode": 2388024,
+                           "error_data": { "details": "Content in this language already exists" } } })))
+            .mount(&server)
+            .await;
+        let err = client(&server)
+            .create_template(&json!({ "name": "x" }))
+            .await
+            .expect_err("400");
+        assert!(
+            err.to_string()
+                .contains("Content in this language already exists"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

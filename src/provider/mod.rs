@@ -135,6 +135,12 @@ pub trait Provider: Send + Sync {
     ) -> impl Future<Output = Result<Option<AccountLimits>, SendError>> + Send {
         async { Ok(None) }
     }
+
+    /// Submits a new template for review (`request` is the Graph creation body).
+    fn create_template(
+        &self,
+        request: &serde_json::Value,
+    ) -> impl Future<Output = Result<CreatedTemplate, SendError>> + Send;
 }
 
 /// What `GET /{phone-number-id}?fields=…` tells about a line (reference §4.1–§4.2).
@@ -145,6 +151,17 @@ pub struct AccountLimits {
     pub tier: Option<crate::domain::Tier>,
     /// `throughput.level`: `STANDARD` (80 msg/s) or `HIGH` (1,000 msg/s).
     pub throughput_level: Option<String>,
+}
+
+/// The provider's answer to a template creation: under review, usually.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct CreatedTemplate {
+    pub id: String,
+    /// PENDING (review running), APPROVED (some authentication templates) or REJECTED.
+    pub status: String,
+    /// Meta may answer with another category than the one asked for.
+    #[serde(default)]
+    pub category: Option<String>,
 }
 
 #[cfg(test)]

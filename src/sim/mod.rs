@@ -242,6 +242,22 @@ pub struct InboundSpec {
     pub timestamp: Option<i64>,
 }
 
+/// A user's marketing preference (`POST /sim/user_preferences`): Meta's `user_preferences`
+/// webhook, as sent when a user stops or resumes marketing messages from the business.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreferenceSpec {
+    /// Defaults to the first line.
+    #[serde(default)]
+    pub phone_number_id: Option<String>,
+    pub wa_id: String,
+    /// `stop` or `resume`.
+    pub value: String,
+    /// Unix seconds; now when absent.
+    #[serde(default)]
+    pub timestamp: Option<i64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
     #[error("unknown phone_number_id {0}")]
@@ -410,12 +426,17 @@ impl Simulator {
             .route("/sim/ledger", get(ledger_handler))
             .route("/sim/stats", get(stats_handler))
             .route("/sim/inbound", post(inbound_handler))
+            .route("/sim/user_preferences", post(preference_handler))
             .route("/sim/fate", post(fate_handler))
             .route("/sim/throughput", post(throughput_handler))
             .route("/sim/tier", post(tier_handler))
             .route("/sim/flush", post(flush_handler))
             .route("/{version}/{id}/messages", post(send_handler))
-            .route("/{version}/{id}/message_templates", get(templates_handler))
+            .route("/sim/templates/review", post(review_handler))
+            .route(
+                "/{version}/{id}/message_templates",
+                get(templates_handler).post(create_template_handler),
+            )
             .route("/{version}/{id}", get(object_handler))
             .with_state(self.clone())
     }
@@ -502,6 +523,18 @@ impl Simulator {
     /// Change a template's status (e.g. PAUSED mid-campaign); later sends see it, and a
     /// `message_template_status_update` webhook is posted for every line of its WABA(s).
     pub fn set_template_status(&self, name: &str, language: &str, status: &str) -> bool {
+        self.review_template(name, language, status, None)
+    }
+
+    /// Meta's review of a template (`POST /sim/templates/review`): APPROVED, or REJECTED with
+    /// a reason (INVALID_FORMAT, PROMOTIONAL, …), posted as the status webhook Meta sends.
+    pub fn review_template(
+        &self,
+        name: &str,
+        language: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> bool {
         let mut found = None;
         {
             let mut ts = self
@@ -513,6 +546,10 @@ impl Simulator {
                 if t.name == name && t.language == language {
                     let mut nt = (**t).clone();
                     nt.status = status.to_string();
+                    match reason {
+                        Some(r) => nt.extra.insert("rejected_reason".into(), r.into()),
+                        None => nt.extra.remove("rejected_reason"),
+                    };
                     found = Some(nt.clone());
                     *t = Arc::new(nt);
                 }
@@ -530,7 +567,11 @@ impl Simulator {
                     "message_template_id": t.id.parse::<i64>().map(Value::from).unwrap_or(Value::from(t.id.clone())),
                     "message_template_name": t.name,
                     "message_template_language": t.language.replace('_', "-"),
-                    "reason": if status == "PAUSED" { Value::Null } else { Value::from("NONE") },
+                    "reason": match reason {
+                        Some(r) => Value::from(r),
+                        None if status == "PAUSED" => Value::Null,
+                        None => Value::from("NONE"),
+                    },
                     "message_template_category": t.category,
                 });
                 self.enqueue_change(&l.target, "message_template_status_update", value);
@@ -642,6 +683,55 @@ impl Simulator {
         self.inner.inbound_injected.fetch_add(1, Ordering::Relaxed);
         self.enqueue_change(&line.target, "messages", value);
         Ok(wamid)
+    }
+
+    /// Post a `user_preferences` webhook. After `stop`, marketing sends to the user are
+    /// accepted and then fail with 131050, as Meta does; `resume` lifts that.
+    pub fn inject_user_preference(&self, spec: PreferenceSpec) -> Result<(), SimError> {
+        let pnid = spec
+            .phone_number_id
+            .clone()
+            .unwrap_or_else(|| self.inner.first_line.clone());
+        let line = self
+            .inner
+            .lines
+            .get(&pnid)
+            .ok_or_else(|| SimError::UnknownPhoneNumber(pnid.clone()))?;
+        let wa_id = fate::digits(&spec.wa_id);
+        if wa_id.is_empty() {
+            return Err(SimError::BadRequest("`wa_id` must hold digits".into()));
+        }
+        let detail = match spec.value.as_str() {
+            "stop" => "User requested to stop marketing messages",
+            "resume" => "User requested to resume marketing messages",
+            other => {
+                return Err(SimError::BadRequest(format!(
+                    "unknown preference `{other}` (stop, resume)"
+                )))
+            }
+        };
+        {
+            let mut forced = self.inner.forced.write().unwrap_or_else(|e| e.into_inner());
+            if spec.value == "stop" {
+                forced.insert(wa_id.clone(), Fate::Failed(131050));
+            } else if forced.get(&wa_id) == Some(&Fate::Failed(131050)) {
+                forced.remove(&wa_id);
+            }
+        }
+        let value = json!({
+            "messaging_product": "whatsapp",
+            "metadata": delivery::metadata(&line.target),
+            "contacts": [{ "wa_id": wa_id, "profile": { "name": "" } }],
+            "user_preferences": [{
+                "wa_id": wa_id,
+                "detail": detail,
+                "category": "marketing_messages",
+                "value": spec.value,
+                "timestamp": spec.timestamp.unwrap_or_else(now_unix),
+            }],
+        });
+        self.enqueue_change(&line.target, "user_preferences", value);
+        Ok(())
     }
 
     /// Drive the daemon's GET verification handshake (§3.1) against `webhook_url`.
@@ -1427,6 +1517,131 @@ impl Simulator {
     }
 }
 
+impl Simulator {
+    /// `POST /{waba}/message_templates`: the template joins the WABA as PENDING; a review
+    /// (`review_template`) approves or rejects it.
+    fn create_template(
+        &self,
+        waba: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Value, GraphError> {
+        self.auth_for_waba(waba, headers)?;
+        let req: Value = serde_json::from_slice(body)
+            .map_err(|e| GraphError::new(100, format!("Request body is not valid JSON: {e}")))?;
+        let s = |k: &str| req.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let (name, language) = (s("name"), s("language"));
+        let category = s("category").to_ascii_uppercase();
+        if name.is_empty()
+            || name.len() > 512
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(GraphError::new(
+                100,
+                "Param name must be at most 512 lower-case letters, digits and underscores.",
+            ));
+        }
+        if language.is_empty() {
+            return Err(GraphError::new(100, "The parameter language is required."));
+        }
+        if !["MARKETING", "UTILITY", "AUTHENTICATION"].contains(&category.as_str()) {
+            return Err(GraphError::new(
+                100,
+                "Param category must be one of {MARKETING, UTILITY, AUTHENTICATION}.",
+            ));
+        }
+        let components: Vec<TemplateComponent> =
+            serde_json::from_value(req.get("components").cloned().unwrap_or(Value::Null))
+                .map_err(|e| GraphError::new(100, format!("Param components is invalid: {e}")))?;
+        if !components
+            .iter()
+            .any(|c| c.kind.eq_ignore_ascii_case("BODY"))
+        {
+            return Err(GraphError::new(100, "A BODY component is required."));
+        }
+        let id = (9_000_000_000_000_000u64
+            + self.inner.wamid_counter.fetch_add(1, Ordering::Relaxed))
+        .to_string();
+        let mut ts = self
+            .inner
+            .templates
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let exists = ts.iter().any(|t| {
+            t.name == name
+                && t.language == language
+                && t.waba_id.as_deref().is_none_or(|w| w == waba)
+        });
+        if exists {
+            let mut e = GraphError::new(100, "Content in this language already exists");
+            e.subcode = Some(2388024);
+            return Err(e);
+        }
+        let parameter_format = match s("parameter_format").to_ascii_uppercase().as_str() {
+            "NAMED" => "NAMED",
+            _ => "POSITIONAL",
+        };
+        ts.push(Arc::new(SimTemplate {
+            id: id.clone(),
+            name,
+            language,
+            status: "PENDING".into(),
+            category: category.clone(),
+            parameter_format: parameter_format.into(),
+            components,
+            waba_id: Some(waba.to_string()),
+            extra: serde_json::Map::new(),
+        }));
+        Ok(json!({ "id": id, "status": "PENDING", "category": category }))
+    }
+}
+
+async fn create_template_handler(
+    State(sim): State<Simulator>,
+    Path((_version, waba)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match sim.create_template(&waba, &headers, &body) {
+        Ok(v) => ok_json(v),
+        Err(e) => {
+            sim.count_rejection(e.code);
+            e.into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewReq {
+    name: String,
+    language: String,
+    /// APPROVED or REJECTED (any status Meta sends is accepted).
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn review_handler(State(sim): State<Simulator>, body: Bytes) -> Response {
+    match serde_json::from_slice::<ReviewReq>(&body) {
+        Ok(r) => {
+            let status = r.status.to_ascii_uppercase();
+            if sim.review_template(&r.name, &r.language, &status, r.reason.as_deref()) {
+                Json(json!({ "success": true })).into_response()
+            } else {
+                (
+                    StatusCode::NOT_FOUND,
+                    Json(json!({ "error": format!("no template {} ({})", r.name, r.language) })),
+                )
+                    .into_response()
+            }
+        }
+        Err(e) => bad_request(format!("expected {{name, language, status, reason?}}: {e}")),
+    }
+}
+
 fn project(v: Value, fields: Option<&str>) -> Value {
     match (fields, v) {
         (Some(f), Value::Object(mut m)) => {
@@ -1474,6 +1689,17 @@ async fn inbound_handler(State(sim): State<Simulator>, body: Bytes) -> Response 
     };
     match sim.inject_inbound(spec) {
         Ok(wamid) => Json(json!({ "wamid": wamid })).into_response(),
+        Err(e) => bad_request(e.to_string()),
+    }
+}
+
+async fn preference_handler(State(sim): State<Simulator>, body: Bytes) -> Response {
+    let spec: PreferenceSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return bad_request(format!("expected {{wa_id, value}}: {e}")),
+    };
+    match sim.inject_user_preference(spec) {
+        Ok(()) => Json(json!({ "success": true })).into_response(),
         Err(e) => bad_request(e.to_string()),
     }
 }

@@ -311,6 +311,18 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Meta's `user_preferences` "resume": lifts the opt-outs that Meta's marketing preference
+    /// put there (its "stop" or error 131050). A keyword or an admin opt-out stays.
+    pub async fn remove_marketing_opt_out(&self, phone: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "DELETE FROM opt_outs WHERE phone = $1 AND source IN ('user_preferences', '131050')",
+        )
+        .bind(phone)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn add_to_blacklist(
         &self,
         phone: &str,

@@ -42,6 +42,8 @@ pub struct ClaimGate<'a> {
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub hopper_id: i64,
+    /// For logs: the contact's id, never its number.
+    pub contact_id: i64,
     pub attempt_id: i64,
     pub campaign_id: i64,
     pub attempts: i64,
@@ -82,6 +84,8 @@ pub struct StatusTarget {
     pub hopper_id: i64,
     pub campaign_id: i64,
     pub contact_phone: String,
+    pub contact_id: i64,
+    pub campaign: String,
     pub state: String,
     pub attempts: i64,
     /// The status moved the message forward (false for duplicates and regressions).
@@ -288,6 +292,7 @@ impl Store {
             })?;
             out.push(Claimed {
                 hopper_id,
+                contact_id,
                 attempt_id,
                 campaign_id,
                 attempts,
@@ -557,8 +562,8 @@ impl Store {
             .await?;
         }
         let row = sqlx::query(
-            "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts FROM hopper h JOIN contacts c ON c.id = h.contact_id \
-             WHERE h.wamid = $1",
+            "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts, h.contact_id, k.name FROM hopper h \
+             JOIN contacts c ON c.id = h.contact_id JOIN campaigns k ON k.id = h.campaign_id WHERE h.wamid = $1",
         )
         .bind(update.wamid)
         .fetch_optional(&self.pool)
@@ -570,6 +575,8 @@ impl Store {
                 contact_phone: r.try_get(2)?,
                 state: r.try_get(3)?,
                 attempts: r.try_get(4)?,
+                contact_id: r.try_get(5)?,
+                campaign: r.try_get(6)?,
                 advanced,
             })
         })

@@ -15,6 +15,7 @@ pub struct ReplyTarget {
     pub state: String,
     pub outcome: Option<String>,
     pub response_deadline: Option<Millis>,
+    pub contact_id: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -180,7 +181,7 @@ impl Store {
         phone: &str,
         context_wamid: Option<&str>,
     ) -> StoreResult<Option<ReplyTarget>> {
-        let columns = "h.id, h.campaign_id, h.state, h.outcome, h.response_deadline";
+        let columns = "h.id, h.campaign_id, h.state, h.outcome, h.response_deadline, h.contact_id";
         let to_target = |r: AnyRow| -> StoreResult<ReplyTarget> {
             Ok(ReplyTarget {
                 hopper_id: r.try_get(0)?,
@@ -188,6 +189,7 @@ impl Store {
                 state: r.try_get(2)?,
                 outcome: r.try_get(3)?,
                 response_deadline: r.try_get(4)?,
+                contact_id: r.try_get(5)?,
             })
         };
         if let Some(wamid) = context_wamid {

@@ -26,6 +26,7 @@ pub use dispatch::{
 pub use inbox::{
     InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
 };
+pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};

@@ -227,6 +227,20 @@ pub enum MetaEvent {
         previous: Option<String>,
         new: String,
     },
+    /// `template_category_update`: announced (`correct_category` + `category_update_timestamp`,
+    /// `new_category` being the current one) or done (`previous_category` → `new_category`).
+    TemplateCategory {
+        waba_id: String,
+        template_id: Option<String>,
+        /// Empty when the webhook names only the template id (seen in SDK fixtures).
+        name: String,
+        language: String,
+        new: String,
+        previous: Option<String>,
+        correct: Option<String>,
+        /// Unix seconds of the announced change; `None` for a completed one.
+        effective_at: Option<i64>,
+    },
     PhoneNumberQuality {
         waba_id: String,
         display_phone_number: String,
@@ -272,6 +286,7 @@ impl MetaEvent {
             MetaEvent::Inbound(_) => "inbound",
             MetaEvent::TemplateStatus { .. } => "template_status",
             MetaEvent::TemplateQuality { .. } => "template_quality",
+            MetaEvent::TemplateCategory { .. } => "template_category",
             MetaEvent::PhoneNumberQuality { .. } => "phone_number_quality",
             MetaEvent::BusinessCapability { .. } => "business_capability",
             MetaEvent::UserPreference { .. } => "user_preference",
@@ -355,6 +370,16 @@ fn parse_change(waba_id: &str, change: &Map<String, Value>, out: &mut Vec<MetaEv
             language: normalise_language(&s("message_template_language").unwrap_or_default()),
             previous: s("previous_quality_score"),
             new: s("new_quality_score").unwrap_or_default(),
+        }),
+        "template_category_update" => out.push(MetaEvent::TemplateCategory {
+            waba_id: waba_id.to_string(),
+            template_id: s("message_template_id"),
+            name: s("message_template_name").unwrap_or_default(),
+            language: normalise_language(&s("message_template_language").unwrap_or_default()),
+            new: s("new_category").unwrap_or_default().to_ascii_uppercase(),
+            previous: s("previous_category").map(|c| c.to_ascii_uppercase()),
+            correct: s("correct_category").map(|c| c.to_ascii_uppercase()),
+            effective_at: value.get("category_update_timestamp").and_then(int_of),
         }),
         "phone_number_quality_update" => out.push(MetaEvent::PhoneNumberQuality {
             waba_id: waba_id.to_string(),
@@ -841,6 +866,60 @@ mod tests {
                 timestamp: 7
             }
         );
+    }
+
+    #[test]
+    fn template_category_updates_announced_done_and_id_only() {
+        let body = r#"{"entry":[{"id":"W","time":1746082800,"changes":[
+          {"field":"template_category_update","value":{"message_template_id":278077987957091,
+            "message_template_name":"welcome_template","message_template_language":"en-US",
+            "new_category":"UTILITY","correct_category":"MARKETING","category_update_timestamp":1746169200}},
+          {"field":"template_category_update","value":{"message_template_id":278077987957091,
+            "message_template_name":"welcome_template","message_template_language":"en-US",
+            "previous_category":"UTILITY","new_category":"MARKETING"}},
+          {"field":"template_category_update","value":{"message_template_id":3,"new_category":"marketing"}}]}]}"#;
+        let ev = parse(body);
+        assert_eq!(
+            ev[0],
+            MetaEvent::TemplateCategory {
+                waba_id: "W".into(),
+                template_id: Some("278077987957091".into()),
+                name: "welcome_template".into(),
+                language: "en_US".into(),
+                new: "UTILITY".into(),
+                previous: None,
+                correct: Some("MARKETING".into()),
+                effective_at: Some(1746169200),
+            }
+        );
+        let MetaEvent::TemplateCategory {
+            previous,
+            new,
+            correct,
+            effective_at,
+            ..
+        } = &ev[1]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (previous.as_deref(), new.as_str(), correct, effective_at),
+            (Some("UTILITY"), "MARKETING", &None, &None)
+        );
+        let MetaEvent::TemplateCategory {
+            template_id,
+            name,
+            new,
+            ..
+        } = &ev[2]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (template_id.as_deref(), name.as_str(), new.as_str()),
+            (Some("3"), "", "MARKETING")
+        );
+        assert_eq!(ev[2].kind(), "template_category");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tiercast::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use tiercast::config::Config;
 use tiercast::domain::{CampaignCommand, CampaignState};
 use tiercast::serve::{self, Daemon, ServeOptions};
-use tiercast::sim::InboundSpec;
+use tiercast::sim::{InboundSpec, PreferenceSpec};
 
 const TOKEN_ENV: &str = "TIERCAST_TEST_ADMIN_TOKEN";
 const TOKEN: &str = "agent-secret-token";
@@ -414,6 +414,182 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
         );
     }
     assert_eq!(row_of(&daemon, &p[3], "c").await.0, "pending");
+    daemon.shutdown().await;
+}
+
+/// Polls the contact's opt-out flag until it is `want` (webhooks are applied asynchronously).
+async fn wait_opted_out(daemon: &Daemon, phone: &str, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = daemon.store.contact_by_phone(phone).await.unwrap().unwrap();
+        if c.opted_out == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{phone}: opted_out never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_preferences_stop_from_the_simulator_opts_out_and_resume_opts_back_in() {
+    let db = fresh_db().await;
+    let second = r#"
+[[campaigns]]
+name = "c2"
+line = "main"
+template = { name = "renewal_reminder", language = "pt_BR" }
+lists = ["l"]
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
+"#;
+    let (daemon, config) =
+        start_with(&db, &inbox_config(&db.url, second), Arc::new(SystemClock)).await;
+    let p = numbers(3);
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "sent", |s| s.hopper["pending"] == 3).await;
+    settle(&daemon).await;
+
+    // The user stops marketing messages in WhatsApp: Meta posts `user_preferences` "stop".
+    let sim = daemon.simulator.as_ref().unwrap();
+    sim.inject_user_preference(PreferenceSpec {
+        phone_number_id: None,
+        wa_id: p[0].trim_start_matches('+').to_string(),
+        value: "stop".into(),
+        timestamp: None,
+    })
+    .unwrap();
+    sim.flush_webhooks().await;
+    wait_opted_out(&daemon, &p[0], true).await;
+    assert_eq!(
+        row_of(&daemon, &p[0], "c").await,
+        ("closed".to_string(), Some("opted_out".to_string()), None),
+        "its pending row closes"
+    );
+    assert_eq!(
+        row_of(&daemon, &p[1], "c").await.0,
+        "pending",
+        "others untouched"
+    );
+
+    // A later campaign never sends to it: the row closes at load, nothing reaches the provider.
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c2",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        row_of(&daemon, &p[0], "c2").await,
+        ("closed".to_string(), Some("opted_out".to_string()), None)
+    );
+    settle(&daemon).await;
+    let to_p0 = sim
+        .ledger()
+        .iter()
+        .filter(|e| e.to.trim_start_matches('+') == p[0].trim_start_matches('+'))
+        .count();
+    assert_eq!(to_p0, 1, "only the template of the first campaign");
+
+    // "resume" lifts Meta's marketing opt-out (and only that kind).
+    sim.inject_user_preference(PreferenceSpec {
+        phone_number_id: None,
+        wa_id: p[0].clone(),
+        value: "resume".into(),
+        timestamp: None,
+    })
+    .unwrap();
+    sim.flush_webhooks().await;
+    wait_opted_out(&daemon, &p[0], false).await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_category_updates_are_stored_and_listed() {
+    let db = fresh_db().await;
+    let (daemon, _config) =
+        start_with(&db, &inbox_config(&db.url, ""), Arc::new(SystemClock)).await;
+    let send = |value: Value| {
+        let url = daemon.url();
+        async move {
+            let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "time": 1795000000,
+                "changes": [{"field": "template_category_update", "value": value}]}]})
+            .to_string();
+            assert_eq!(post_signed_webhook(&url, body).await, 200);
+        }
+    };
+    let stored = || async {
+        daemon
+            .store
+            .template("main", "renewal_reminder", "pt_BR")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let before = stored().await;
+    assert_eq!(before.category, "MARKETING");
+    let id: i64 = before.id.as_deref().unwrap().parse().unwrap();
+
+    // Announced 24 h ahead: the category stays, the coming one and its time are kept.
+    send(
+        json!({"message_template_id": id, "message_template_name": "renewal_reminder",
+        "message_template_language": "pt-BR", "new_category": "MARKETING",
+        "correct_category": "UTILITY", "category_update_timestamp": 1795086400}),
+    )
+    .await;
+    let t = stored().await;
+    assert_eq!(t.category, "MARKETING");
+    assert_eq!(t.correct_category.as_deref(), Some("UTILITY"));
+    assert_eq!(t.category_change_at, Some(1_795_086_400_000));
+
+    // Done, named by id only (as some senders do): the category changes, the old one is kept.
+    send(json!({"message_template_id": id, "previous_category": "MARKETING", "new_category": "UTILITY"})).await;
+    let t = stored().await;
+    assert_eq!(t.category, "UTILITY");
+    assert_eq!(t.previous_category.as_deref(), Some("MARKETING"));
+    assert_eq!(t.correct_category, None);
+    let column: String = sqlx::query_scalar(
+        "SELECT category FROM templates WHERE name = 'renewal_reminder' AND language = 'pt_BR'",
+    )
+    .fetch_one(daemon.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(column, "UTILITY");
+
+    // `tiercast templates list` shows it.
+    let out = std::process::Command::new(binary())
+        .args(["templates", "list", "--database-url", &db.url])
+        .current_dir(db.dir.path())
+        .env_remove("TIERCAST_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("renewal_reminder") && l.contains("pt_BR"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("UTILITY") && line.contains("was MARKETING"),
+        "{line}"
+    );
     daemon.shutdown().await;
 }
 

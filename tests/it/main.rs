@@ -10,6 +10,7 @@ mod import;
 mod inbox;
 mod metrics;
 mod multi;
+mod obs;
 mod pacing;
 mod procs;
 mod props;

@@ -21,6 +21,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `tiercast ARGS`, stdout and stderr appended to `log`.
     pub fn spawn(name: &str, args: &[String], log: &Path) -> Proc {
+        Proc::spawn_env(name, args, log, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables (e.g. `RUST_LOG`).
+    pub fn spawn_env(name: &str, args: &[String], log: &Path, env: &[(&str, &str)]) -> Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -33,6 +38,7 @@ impl Proc {
                 "RUST_LOG",
                 std::env::var("TIERCAST_TEST_LOG").unwrap_or_else(|_| "warn,tiercast=info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

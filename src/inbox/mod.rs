@@ -11,6 +11,7 @@ use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::{CategoryChange, FailureAction, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tracing::Instrument;
@@ -70,21 +71,28 @@ impl Inbox {
     /// caller answers non-200 so the provider delivers the webhook again (every step here is
     /// idempotent, so the replay is safe).
     pub async fn apply(&self, events: &[MetaEvent]) -> Result<(), StoreError> {
-        for event in events {
+        let mut rest = events;
+        while let Some(event) = rest.first() {
+            // A run of statuses (most webhooks carry nothing else) is one transaction.
+            let run: Vec<&StatusEvent> = rest
+                .iter()
+                .map_while(|e| match e {
+                    MetaEvent::Status(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            if !run.is_empty() {
+                for _ in &run {
+                    m::webhook_event(event.kind());
+                }
+                self.on_statuses(&run).await?;
+                rest = &rest[run.len()..];
+                continue;
+            }
+            rest = &rest[1..];
             m::webhook_event(event.kind());
             match event {
-                MetaEvent::Status(status) => {
-                    // Campaign and contact (its id, never the number) are filled in once the
-                    // wamid is matched to its row.
-                    let span = tracing::info_span!(
-                        "status",
-                        wamid = %status.wamid,
-                        status = status.status.as_str(),
-                        campaign = tracing::field::Empty,
-                        contact = tracing::field::Empty,
-                    );
-                    self.on_status(status).instrument(span).await?
-                }
+                MetaEvent::Status(status) => self.on_statuses(&[status]).await?,
                 MetaEvent::Inbound(message) => {
                     let span = tracing::info_span!(
                         "inbound",
@@ -271,50 +279,96 @@ impl Inbox {
         Ok(())
     }
 
-    async fn on_status(&self, ev: &StatusEvent) -> Result<(), StoreError> {
-        let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
-        m::message_status(line, ev.status.as_str());
-        let mut attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
-        let at: Millis = ev.timestamp.saturating_mul(1000);
-        // A webhook that names an attempt still in flight settles it: its campaign's response
-        // timeout gives the pending row its deadline.
-        let mut deadline = at;
-        if let Some(id) = attempt_id {
-            match self.store.attempt_owner(id).await? {
-                // Still in flight: this webhook settles it (the common case is the second and
-                // third status of a settled attempt, which need no settling).
-                Some((_, campaign_id, status)) if status == "sending" || status == "unknown" => {
-                    if let Some(c) = self.campaign_config(campaign_id).await? {
-                        deadline = at + c.response_timeout.as_millis() as Millis;
-                    }
+    /// Statuses of one webhook, applied in one transaction; a `failed` one that moved a
+    /// campaign row then goes through the failure classification on its own (rare).
+    async fn on_statuses(&self, events: &[&StatusEvent]) -> Result<(), StoreError> {
+        let named: Vec<i64> = events
+            .iter()
+            .filter_map(|e| e.callback_data.as_deref().and_then(parse_callback_data))
+            .collect();
+        // A webhook that names an attempt still in flight (it beat the HTTP answer, or the
+        // daemon died before recording it) settles it; the campaign's response timeout gives
+        // the pending row its deadline. Usually none is in flight: the answer came first.
+        let in_flight = if named.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.attempts_in_flight(&named).await?
+        };
+        let mut timeouts: HashMap<i64, Option<Millis>> = HashMap::new();
+        let mut updates = Vec::with_capacity(events.len());
+        for ev in events {
+            let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
+            m::message_status(line, ev.status.as_str());
+            let at: Millis = ev.timestamp.saturating_mul(1000);
+            let attempt_id = ev
+                .callback_data
+                .as_deref()
+                .and_then(parse_callback_data)
+                .filter(|id| in_flight.contains_key(id));
+            let mut deadline = at;
+            if let Some(campaign_id) = attempt_id.and_then(|id| in_flight.get(&id)) {
+                if !timeouts.contains_key(campaign_id) {
+                    let timeout = self
+                        .campaign_config(*campaign_id)
+                        .await?
+                        .map(|c| c.response_timeout.as_millis() as Millis);
+                    timeouts.insert(*campaign_id, timeout);
                 }
-                _ => attempt_id = None,
+                if let Some(Some(timeout)) = timeouts.get(campaign_id) {
+                    deadline = at + timeout;
+                }
+            }
+            let error = ev.errors.first();
+            updates.push((
+                StatusUpdate {
+                    wamid: &ev.wamid,
+                    attempt_id,
+                    status: ev.status.as_str(),
+                    at,
+                    error_code: error.map(|e| e.code),
+                    error_text: error.map(|e| e.title.as_str()),
+                },
+                deadline,
+            ));
+        }
+        let applied = self.store.apply_statuses(&updates).await?;
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let mut names: HashMap<i64, String> = HashMap::new();
+        for (ev, applied) in events.iter().zip(&applied) {
+            let Some((_, campaign_id, contact_id)) = applied.advanced else {
+                continue;
+            };
+            let failed = ev.status == MessageStatus::Failed;
+            if !debug && !failed {
+                continue;
+            }
+            if let Entry::Vacant(slot) = names.entry(campaign_id) {
+                let name = self.store.campaign_name(campaign_id).await?;
+                slot.insert(name.unwrap_or_default());
+            }
+            // Campaign and contact (its id, never the number) name the row the wamid matched.
+            let span = tracing::info_span!(
+                "status",
+                wamid = %ev.wamid,
+                status = ev.status.as_str(),
+                campaign = names[&campaign_id].as_str(),
+                contact = contact_id,
+            );
+            span.in_scope(|| tracing::debug!(advanced = true, "status applied"));
+            if failed {
+                self.on_failed(ev).instrument(span).await?;
             }
         }
+        Ok(())
+    }
+
+    /// A `failed` status that moved its campaign row: classify the error and move the row.
+    async fn on_failed(&self, ev: &StatusEvent) -> Result<(), StoreError> {
+        let Some(target) = self.store.status_target(&ev.wamid).await? else {
+            return Ok(());
+        };
+        let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
         let error = ev.errors.first();
-        let update = StatusUpdate {
-            wamid: &ev.wamid,
-            attempt_id,
-            status: ev.status.as_str(),
-            at,
-            error_code: error.map(|e| e.code),
-            error_text: error.map(|e| e.title.as_str()),
-        };
-        let Some(target) = self.store.apply_status(&update, deadline).await? else {
-            // Not a campaign template: perhaps a text or recontact we sent from the inbox.
-            self.store
-                .mark_outbound_status(&ev.wamid, ev.status.as_str())
-                .await?;
-            tracing::debug!("status of a message sent from the inbox");
-            return Ok(());
-        };
-        let span = tracing::Span::current();
-        span.record("campaign", target.campaign.as_str());
-        span.record("contact", target.contact_id);
-        tracing::debug!(advanced = target.advanced, "status applied");
-        if ev.status != MessageStatus::Failed || !target.advanced {
-            return Ok(());
-        }
         let Some(campaign) = self.campaign_config(target.campaign_id).await? else {
             return Ok(());
         };

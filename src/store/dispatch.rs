@@ -15,7 +15,8 @@ use super::tiers::TierBudget;
 use super::{placeholders, value_rows, Backend, Store, StoreError, StoreResult};
 use crate::clock::Millis;
 use crate::domain::Outcome;
-use sqlx::Row;
+use sqlx::any::Any;
+use sqlx::{Row, Transaction};
 use std::collections::{BTreeMap, HashMap};
 
 /// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
@@ -76,6 +77,13 @@ pub struct StatusUpdate<'a> {
     pub at: Millis,
     pub error_code: Option<i64>,
     pub error_text: Option<&'a str>,
+}
+
+/// What one status of a batch did: the campaign row it moved forward (hopper id, campaign id,
+/// contact id), if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppliedStatus {
+    pub advanced: Option<(i64, i64, i64)>,
 }
 
 /// The hopper row a status touched, for the caller's follow-up (classification of failures).
@@ -316,34 +324,12 @@ impl Store {
         response_deadline: Millis,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
-               inflight_attempt_id = NULL, message_status = COALESCE(message_status, 'accepted'), sent_at = $4, \
-               response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
-             WHERE inflight_attempt_id = $1",
-        )
-        .bind(attempt_id)
-        .bind(wamid)
-        .bind(wa_id)
-        .bind(now)
-        .bind(response_deadline)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query(
-            "UPDATE attempts SET status = 'accepted', wamid = $2, finished_at = $3 \
-             WHERE id = $1 AND status IN ('sending', 'unknown')",
-        )
-        .bind(attempt_id)
-        .bind(wamid)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        let moved =
+            settle_accepted_in(&mut tx, attempt_id, wamid, wa_id, now, response_deadline).await?;
         tx.commit().await?;
-        Ok(moved > 0)
+        Ok(moved)
     }
 
-    /// Records a failed send and moves the row as `action` says.
     /// How many earlier sends of this attempt's row met the pair rate limit (131056).
     pub async fn pair_rate_hits(&self, attempt_id: i64) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
@@ -355,6 +341,7 @@ impl Store {
         .await?)
     }
 
+    /// Records a failed send and moves the row as `action` says.
     pub async fn record_failure(
         &self,
         attempt_id: i64,
@@ -516,56 +503,84 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Applies a status webhook. If it names an attempt still in flight (the webhook beat the
-    /// HTTP answer, or the daemon crashed before recording it), that attempt is settled as
-    /// accepted first. The message status only moves forward.
-    pub async fn apply_status(
+    /// Applies one webhook's statuses in one transaction: each may settle the attempt it names
+    /// (when still in flight; the paired deadline is its response deadline), then moves the
+    /// message forward unless it is already further (SPEC §2 rule 8). A status of no campaign
+    /// row updates the inbox message of that wamid. One entry per update, in order.
+    pub async fn apply_statuses(
         &self,
-        update: &StatusUpdate<'_>,
-        response_deadline: Millis,
-    ) -> StoreResult<Option<StatusTarget>> {
-        if let Some(attempt_id) = update.attempt_id {
-            self.settle_accepted(attempt_id, update.wamid, None, update.at, response_deadline)
+        updates: &[(StatusUpdate<'_>, Millis)],
+    ) -> StoreResult<Vec<AppliedStatus>> {
+        let mut out = Vec::with_capacity(updates.len());
+        let mut tx = self.pool.begin().await?;
+        for (update, response_deadline) in updates {
+            if let Some(attempt_id) = update.attempt_id {
+                settle_accepted_in(
+                    &mut tx,
+                    attempt_id,
+                    update.wamid,
+                    None,
+                    update.at,
+                    *response_deadline,
+                )
                 .await?;
-        }
-        let rank = status_rank(update.status);
-        if rank < 0 {
-            return Ok(None);
-        }
-        let time_column = match update.status {
-            "delivered" => ", delivered_at = COALESCE(delivered_at, $3)",
-            "read" => {
-                ", read_at = COALESCE(read_at, $3), delivered_at = COALESCE(delivered_at, $3)"
             }
-            _ => "",
-        };
-        let advanced = sqlx::query(&format!(
-            "UPDATE hopper SET message_status = $2, updated_at = $3 {time_column} \
-             WHERE wamid = $1 AND {RANK_SQL} < $4"
-        ))
-        .bind(update.wamid)
-        .bind(update.status)
-        .bind(update.at)
-        .bind(rank)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0;
-        if advanced && update.status == "failed" {
-            sqlx::query(
-                "UPDATE hopper SET last_error_code = $2, last_error_text = $3 WHERE wamid = $1",
-            )
-            .bind(update.wamid)
-            .bind(update.error_code)
-            .bind(update.error_text)
-            .execute(&self.pool)
-            .await?;
+            let rank = status_rank(update.status);
+            if rank < 0 {
+                out.push(AppliedStatus::default());
+                continue;
+            }
+            let time_column = match update.status {
+                "delivered" => ", delivered_at = COALESCE(delivered_at, $3)",
+                "read" => {
+                    ", read_at = COALESCE(read_at, $3), delivered_at = COALESCE(delivered_at, $3)"
+                }
+                "failed" => ", last_error_code = $5, last_error_text = $6",
+                _ => "",
+            };
+            let sql = format!(
+                "UPDATE hopper SET message_status = $2, updated_at = $3 {time_column} \
+                 WHERE wamid = $1 AND {RANK_SQL} < $4 RETURNING id, campaign_id, contact_id"
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(update.wamid)
+                .bind(update.status)
+                .bind(update.at)
+                .bind(rank);
+            if update.status == "failed" {
+                q = q.bind(update.error_code).bind(update.error_text);
+            }
+            let moved = q.fetch_optional(&mut *tx).await?;
+            match moved {
+                Some(row) => out.push(AppliedStatus {
+                    advanced: Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+                }),
+                None => {
+                    // Not a campaign template (or a duplicate): perhaps a text or recontact
+                    // sent from the inbox.
+                    sqlx::query(
+                        "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out' \
+                         AND NOT EXISTS (SELECT 1 FROM hopper WHERE wamid = $1)",
+                    )
+                    .bind(update.wamid)
+                    .bind(update.status)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.push(AppliedStatus::default());
+                }
+            }
         }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The campaign row a message belongs to, for the follow-up of a `failed` status.
+    pub async fn status_target(&self, wamid: &str) -> StoreResult<Option<StatusTarget>> {
         let row = sqlx::query(
             "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts, h.contact_id, k.name FROM hopper h \
              JOIN contacts c ON c.id = h.contact_id JOIN campaigns k ON k.id = h.campaign_id WHERE h.wamid = $1",
         )
-        .bind(update.wamid)
+        .bind(wamid)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
@@ -577,10 +592,30 @@ impl Store {
                 attempts: r.try_get(4)?,
                 contact_id: r.try_get(5)?,
                 campaign: r.try_get(6)?,
-                advanced,
+                advanced: true,
             })
         })
         .transpose()
+    }
+
+    /// Which of these attempts are still in flight (`sending` or `unknown`), with their
+    /// campaign: a status naming one settles it.
+    pub async fn attempts_in_flight(&self, ids: &[i64]) -> StoreResult<HashMap<i64, i64>> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let sql = self.bulk_sql(format!(
+                "SELECT id, campaign_id FROM attempts WHERE status IN ('sending', 'unknown') AND id IN ({})",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                out.insert(row.try_get(0)?, row.try_get(1)?);
+            }
+        }
+        Ok(out)
     }
 
     /// A `failed` status for a message that was accepted: the row leaves `pending` as the
@@ -653,16 +688,6 @@ impl Store {
         .fetch_one(&self.pool)
         .await?)
     }
-
-    /// The attempt's campaign and hopper row, for a webhook that names it.
-    pub async fn attempt_owner(&self, attempt_id: i64) -> StoreResult<Option<(i64, i64, String)>> {
-        let row = sqlx::query("SELECT hopper_id, campaign_id, status FROM attempts WHERE id = $1")
-            .bind(attempt_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .transpose()
-    }
 }
 
 impl Store {
@@ -677,4 +702,39 @@ impl Store {
         .fetch_one(&self.pool)
         .await?)
     }
+}
+
+/// [`Store::settle_accepted`] inside the caller's transaction (a webhook's batch of statuses).
+async fn settle_accepted_in(
+    tx: &mut Transaction<'static, Any>,
+    attempt_id: i64,
+    wamid: &str,
+    wa_id: Option<&str>,
+    now: Millis,
+    response_deadline: Millis,
+) -> StoreResult<bool> {
+    let moved = sqlx::query(
+        "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
+           inflight_attempt_id = NULL, message_status = COALESCE(message_status, 'accepted'), sent_at = $4, \
+               response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
+             WHERE inflight_attempt_id = $1",
+        )
+        .bind(attempt_id)
+        .bind(wamid)
+        .bind(wa_id)
+        .bind(now)
+        .bind(response_deadline)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    sqlx::query(
+        "UPDATE attempts SET status = 'accepted', wamid = $2, finished_at = $3 \
+             WHERE id = $1 AND status IN ('sending', 'unknown')",
+    )
+    .bind(attempt_id)
+    .bind(wamid)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(moved > 0)
 }

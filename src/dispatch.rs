@@ -22,6 +22,7 @@ use crate::domain::{CampaignState, Outcome};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
+use crate::settle::SettleQueue;
 use crate::store::{
     ClaimGate, Claimed, FailureAction, LocalHours, Store, StoreError, AWAITING_RETRY_RUN,
 };
@@ -87,6 +88,8 @@ pub struct Dispatcher {
     clock: SharedClock,
     config: Arc<Config>,
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    /// Accepted sends are recorded in group commits.
+    settles: SettleQueue,
 }
 
 impl Dispatcher {
@@ -104,6 +107,7 @@ impl Dispatcher {
         );
         Dispatcher {
             holder: holder.into(),
+            settles: SettleQueue::new(store.clone()),
             store,
             clock,
             config,
@@ -492,8 +496,8 @@ impl Dispatcher {
             Ok(accepted) => {
                 let now = self.now();
                 let deadline = now + campaign.config.response_timeout.as_millis() as Millis;
-                self.store
-                    .settle_accepted(
+                self.settles
+                    .settle(
                         row.attempt_id,
                         &accepted.wamid,
                         accepted.wa_id.as_deref(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pacer;
 pub mod provider;
 pub mod serve;
+pub mod settle;
 pub mod sim;
 pub mod store;
 pub mod tiers;

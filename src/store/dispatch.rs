@@ -79,6 +79,17 @@ pub struct StatusUpdate<'a> {
     pub error_text: Option<&'a str>,
 }
 
+/// An accepted send to record: the attempt, the provider's message id and the row's response
+/// deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    pub attempt_id: i64,
+    pub wamid: String,
+    pub wa_id: Option<String>,
+    pub now: Millis,
+    pub response_deadline: Millis,
+}
+
 /// What one status of a batch did: the campaign row it moved forward (hopper id, campaign id,
 /// contact id), if any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -339,6 +350,27 @@ impl Store {
         .bind(attempt_id)
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// [`Store::settle_accepted`] for many attempts in one transaction (see `settle.rs`).
+    pub async fn settle_accepted_many(&self, settles: &[&Settle]) -> StoreResult<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut moved = Vec::with_capacity(settles.len());
+        for s in settles {
+            moved.push(
+                settle_accepted_in(
+                    &mut tx,
+                    s.attempt_id,
+                    &s.wamid,
+                    s.wa_id.as_deref(),
+                    s.now,
+                    s.response_deadline,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await?;
+        Ok(moved)
     }
 
     /// Records a failed send and moves the row as `action` says.

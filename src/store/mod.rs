@@ -20,8 +20,8 @@ pub use admin::{ContactCampaignRow, OptOutRecord};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{
-    status_rank, AppliedStatus, ClaimGate, Claimed, FailureAction, LocalHours, StatusTarget,
-    StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
+    status_rank, AppliedStatus, ClaimGate, Claimed, FailureAction, LocalHours, Settle,
+    StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
 };
 pub use inbox::{
     InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
@@ -48,6 +48,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("a batched write failed: {0}")]
+    Batch(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -254,6 +254,8 @@ impl Store {
 
     /// The provider accepted the message (from the HTTP answer, or from a status webhook that
     /// named the attempt first). Idempotent: returns false if the attempt was settled already.
+    /// A new message (another wamid, i.e. a retry after a `failed` status) starts its status
+    /// afresh: the old `failed` would otherwise outrank every status of the new one.
     pub async fn settle_accepted(
         &self,
         attempt_id: i64,
@@ -265,7 +267,8 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
-               inflight_attempt_id = NULL, message_status = COALESCE(message_status, 'accepted'), sent_at = $4, \
+               inflight_attempt_id = NULL, sent_at = $4, \
+               message_status = CASE WHEN wamid = $2 THEN COALESCE(message_status, 'accepted') ELSE 'accepted' END, \
                response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
              WHERE inflight_attempt_id = $1",
         )
@@ -468,6 +471,20 @@ impl Store {
         if rank < 0 {
             return Ok(None);
         }
+        // Find the row first and update it by id: a row that appears between an update by
+        // wamid and a later lookup would be reported as found but not advanced, and the
+        // status lost.
+        let row = sqlx::query(
+            "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts FROM hopper h JOIN contacts c ON c.id = h.contact_id \
+             WHERE h.wamid = $1",
+        )
+        .bind(update.wamid)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Ok(None);
+        };
+        let hopper_id: i64 = r.try_get(0)?;
         let time_column = match update.status {
             "delivered" => ", delivered_at = COALESCE(delivered_at, $3)",
             "read" => {
@@ -477,44 +494,35 @@ impl Store {
         };
         let advanced = sqlx::query(&format!(
             "UPDATE hopper SET message_status = $2, updated_at = $3 {time_column} \
-             WHERE wamid = $1 AND {RANK_SQL} < $4"
+             WHERE id = $1 AND wamid = $5 AND {RANK_SQL} < $4"
         ))
-        .bind(update.wamid)
+        .bind(hopper_id)
         .bind(update.status)
         .bind(update.at)
         .bind(rank)
+        .bind(update.wamid)
         .execute(&self.pool)
         .await?
         .rows_affected()
             > 0;
         if advanced && update.status == "failed" {
             sqlx::query(
-                "UPDATE hopper SET last_error_code = $2, last_error_text = $3 WHERE wamid = $1",
+                "UPDATE hopper SET last_error_code = $2, last_error_text = $3 WHERE id = $1",
             )
-            .bind(update.wamid)
+            .bind(hopper_id)
             .bind(update.error_code)
             .bind(update.error_text)
             .execute(&self.pool)
             .await?;
         }
-        let row = sqlx::query(
-            "SELECT h.id, h.campaign_id, c.phone, h.state, h.attempts FROM hopper h JOIN contacts c ON c.id = h.contact_id \
-             WHERE h.wamid = $1",
-        )
-        .bind(update.wamid)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(StatusTarget {
-                hopper_id: r.try_get(0)?,
-                campaign_id: r.try_get(1)?,
-                contact_phone: r.try_get(2)?,
-                state: r.try_get(3)?,
-                attempts: r.try_get(4)?,
-                advanced,
-            })
-        })
-        .transpose()
+        Ok(Some(StatusTarget {
+            hopper_id,
+            campaign_id: r.try_get(1)?,
+            contact_phone: r.try_get(2)?,
+            state: r.try_get(3)?,
+            attempts: r.try_get(4)?,
+            advanced,
+        }))
     }
 
     /// A `failed` status for a message that was accepted: the row leaves `pending` as the

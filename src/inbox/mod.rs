@@ -4,17 +4,23 @@
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
+use crate::config::ProviderKind;
 use crate::dispatch::{failure_action, parse_callback_data};
-use crate::domain::error_class::{classify_meta, ErrorClass};
+use crate::domain::error_class::{classify_gupshup, classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome, Tier};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::{FailureAction, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
+use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 mod replies;
+
+/// Looks at an unmatched Gupshup status again after 0.25, 0.5, 1 and 2 s.
+const UNMATCHED_RETRIES: u32 = 4;
 
 pub use replies::AgentError;
 
@@ -58,11 +64,14 @@ impl Inbox {
 
     /// The line a webhook's `metadata.phone_number_id` belongs to.
     pub(crate) fn line_of(&self, phone_number_id: &str) -> Option<&str> {
+        self.config_line(phone_number_id).map(|l| l.name.as_str())
+    }
+
+    fn config_line(&self, phone_number_id: &str) -> Option<&crate::config::Line> {
         self.config
             .lines
             .iter()
             .find(|l| l.phone_number_id == phone_number_id)
-            .map(|l| l.name.as_str())
     }
 
     /// Applies a webhook's events in order. An error means nothing after it was applied; the
@@ -143,7 +152,8 @@ impl Inbox {
                     ..
                 } if !wa_id.is_empty() => {
                     let phone = format!("+{}", wa_id.trim_start_matches('+'));
-                    if value == "stop" && category.contains("marketing") {
+                    // `all`: Gupshup's (legacy) opt-out, which covers every message.
+                    if value == "stop" && (category.contains("marketing") || category == "all") {
                         self.opt_out(&phone, "user_preferences stop", "user_preferences")
                             .await?;
                     }
@@ -225,9 +235,53 @@ impl Inbox {
         Ok(())
     }
 
-    async fn on_status(&self, ev: &StatusEvent) -> Result<(), StoreError> {
-        let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
+    /// Boxed: an unmatched Gupshup status schedules a later call of itself (see
+    /// [`Inbox::retry_unmatched`]).
+    fn on_status<'a>(&'a self, ev: &'a StatusEvent) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.on_status_inner(ev))
+    }
+
+    /// Gupshup posts its first callbacks without our attempt id and may beat the send's HTTP
+    /// answer (with no delay, or a slow daemon): a status naming an id not stored yet is
+    /// looked at again a few times over ~4 s once the id shows up, instead of being lost.
+    fn retry_unmatched(&self, ev: &StatusEvent) {
+        let this = self.clone();
+        let ev = ev.clone();
+        tokio::spawn(async move {
+            for attempt in 0..UNMATCHED_RETRIES {
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                match this.store.knows_message_id(&ev.wamid).await {
+                    Ok(true) => {
+                        if let Err(e) = this.on_status(&ev).await {
+                            tracing::warn!(error = %e, "late-matched status not applied");
+                        }
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "late-matched status not applied");
+                        return;
+                    }
+                }
+            }
+            tracing::debug!(id = %ev.wamid, "status for a message tiercast did not send; ignored");
+        });
+    }
+
+    async fn on_status_inner(&self, ev: &StatusEvent) -> Result<(), StoreError> {
+        let config_line = self.config_line(&ev.phone_number_id);
+        let line = config_line.map(|l| l.name.as_str()).unwrap_or("unknown");
+        let gupshup = config_line.is_some_and(|l| l.provider == ProviderKind::Gupshup);
         m::message_status(line, ev.status.as_str());
+        if let Some(alt) = ev.alt_id.as_deref() {
+            self.store
+                .add_message_alias(alt, &ev.wamid, self.clock.now_millis())
+                .await?;
+        }
+        if ev.status.as_str() == "enqueued" {
+            // Gupshup's "we queued it": no step of the message's life, only its ids matter.
+            return Ok(());
+        }
         let mut attempt_id = ev.callback_data.as_deref().and_then(parse_callback_data);
         let at: Millis = ev.timestamp.saturating_mul(1000);
         // A webhook that names an attempt still in flight settles it: its campaign's response
@@ -246,7 +300,7 @@ impl Inbox {
             }
         }
         let error = ev.errors.first();
-        let update = StatusUpdate {
+        let mut update = StatusUpdate {
             wamid: &ev.wamid,
             attempt_id,
             status: ev.status.as_str(),
@@ -254,11 +308,26 @@ impl Inbox {
             error_code: error.map(|e| e.code),
             error_text: error.map(|e| e.title.as_str()),
         };
-        let Some(target) = self.store.apply_status(&update, deadline).await? else {
+        let mut target = self.store.apply_status(&update, deadline).await?;
+        // Unknown id: perhaps another id of a message we know (a Gupshup report that names
+        // only the WhatsApp id). Only looked up on a miss, so Meta's path pays nothing.
+        let canonical = match target {
+            Some(_) => None,
+            None => self.store.resolve_message_alias(&ev.wamid).await?,
+        };
+        if let Some(id) = canonical.as_deref() {
+            update.wamid = id;
+            target = self.store.apply_status(&update, deadline).await?;
+        }
+        let Some(target) = target else {
             // Not a campaign template: perhaps a text or recontact we sent from the inbox.
-            self.store
-                .mark_outbound_status(&ev.wamid, ev.status.as_str())
+            let known = self
+                .store
+                .mark_outbound_status(update.wamid, ev.status.as_str())
                 .await?;
+            if !known && canonical.is_none() && gupshup {
+                self.retry_unmatched(ev);
+            }
             return Ok(());
         };
         if ev.status != MessageStatus::Failed || !target.advanced {
@@ -268,7 +337,11 @@ impl Inbox {
             return Ok(());
         };
         let code = error.map(|e| e.code).unwrap_or(131000);
-        let mut c = classify_meta(code);
+        let mut c = if gupshup {
+            classify_gupshup(code)
+        } else {
+            classify_meta(code)
+        };
         if c.class == ErrorClass::Ambiguous {
             // A failed status is a certain failure, not an unknown fate: retry with backoff.
             c.class = ErrorClass::Retryable;
@@ -282,7 +355,7 @@ impl Inbox {
             self.store
                 .add_opt_out(
                     &target.contact_phone,
-                    "marketing opt-out reported by Meta (131050)",
+                    "marketing opt-out reported by the provider (131050)",
                     "131050",
                     now,
                 )

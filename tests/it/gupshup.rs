@@ -73,7 +73,6 @@ struct Gs {
     daemon: Daemon,
     config: Config,
     sim: Simulator,
-    sim_url: String,
 }
 
 /// A Gupshup-mode simulator, the daemon pointed at it, and the app's callback URL set through
@@ -124,7 +123,6 @@ async fn start_gs(db: &TestDb, adjust: impl FnOnce(&mut SimConfig)) -> Gs {
         daemon,
         config,
         sim,
-        sim_url,
     }
 }
 
@@ -550,8 +548,28 @@ async fn webhook_secret_and_unknown_events() {
         .unwrap();
     assert_eq!(probe.status(), 200);
     assert_eq!(probe.text().await.unwrap(), "");
-    // A wrong secret stored nothing: an inbound text with it changes no row.
-    let _ = &gs.sim_url;
+    // A refused callback is not read: an inbound STOP with a wrong secret stores nothing.
+    let stop = json!({"app":"DemoApp","timestamp":1580227766370u64,"version":2,"type":"message",
+        "payload":{"id":"ABEGkYaYVSEEAhAL-stop","source":"919876500000","type":"text",
+        "payload":{"text":"STOP"},"sender":{"phone":"919876500000","name":"X"}}});
+    assert_eq!(
+        post_callback(&url, "/webhooks/gupshup", Some("wrong"), &stop).await,
+        401
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        .fetch_one(gs.daemon.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+    assert_eq!(
+        post_callback(&url, "/webhooks/gupshup", Some(SECRET), &stop).await,
+        200
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+        .fetch_one(gs.daemon.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
     gs.daemon.shutdown().await;
 }
 

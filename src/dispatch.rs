@@ -486,6 +486,7 @@ impl Dispatcher {
             to: contact.phone.clone(),
             template_name: campaign.config.template.name.clone(),
             language: campaign.config.template.language.clone(),
+            template_id: campaign.template.id.clone(),
             components,
             callback_data: callback_data(row.attempt_id),
         };
@@ -530,7 +531,14 @@ impl Dispatcher {
         error: SendError,
     ) -> Result<SendResult, StoreError> {
         let c = error.classification();
-        if matches!(error, SendError::Api { code: 130429, .. }) {
+        if matches!(
+            error,
+            SendError::Api { code: 130429, .. }
+                | SendError::Gupshup {
+                    http_status: 429,
+                    ..
+                }
+        ) {
             rt.pacer.throttled(Instant::now());
         }
         let code = match &error {

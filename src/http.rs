@@ -1,22 +1,25 @@
 //! The daemon's HTTP surface (SPEC §5.3): Meta's webhook endpoint (handshake and signed
-//! events), `/metrics`, `/healthz`, `/readyz`. The admin API ([`crate::api`]) is mounted beside it.
+//! events), Gupshup's (shared secret and IP allow-list, see [`gupshup_events`]), `/metrics`,
+//! `/healthz`, `/readyz`. The admin API ([`crate::api`]) is mounted beside it.
 
 use crate::api::{self, ApiState};
 use crate::clock::SharedClock;
 use crate::config::Config;
+use crate::config::ProviderKind;
 use crate::inbox::Inbox;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::Store;
-use crate::webhook::{parse_meta_webhook, verify};
+use crate::webhook::{parse_gupshup_webhook, parse_meta_webhook, verify};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// Meta sends up to 3 MB per webhook POST; leave room above that.
@@ -41,6 +44,11 @@ pub fn router(state: HttpState) -> Router {
     ));
     Router::new()
         .route("/webhooks/meta", get(meta_handshake).post(meta_events))
+        .route("/webhooks/gupshup", get(gupshup_probe).post(gupshup_events))
+        .route(
+            "/webhooks/gupshup/{secret}",
+            get(gupshup_probe_with_secret).post(gupshup_events_with_secret),
+        )
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -96,7 +104,7 @@ async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: B
     let mut secrets: Vec<&[u8]> = state
         .lines
         .values()
-        .map(|rt| rt.app_secret.expose().as_bytes())
+        .filter_map(|rt| rt.app_secret.as_ref().map(|s| s.expose().as_bytes()))
         .collect();
     secrets.sort_unstable();
     secrets.dedup();
@@ -131,6 +139,206 @@ async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: B
         Err(e) => {
             // Meta retries non-200 answers; every step is idempotent, so the replay is safe.
             tracing::error!(error = %e, "webhook could not be applied; asking the sender to retry");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "try again later",
+            )
+        }
+    }
+}
+
+/// The header a Gupshup subscription can be told to send (`meta.headers`), carrying the line's
+/// `webhook_secret_env` value. The secret may instead end the URL: `/webhooks/gupshup/{secret}`.
+pub const GUPSHUP_SECRET_HEADER: &str = "x-tiercast-secret";
+
+/// Why a Gupshup callback was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GupshupRefusal {
+    NoLine,
+    IpNotAllowed,
+    MissingSecret,
+    BadSecret,
+}
+
+impl GupshupRefusal {
+    fn response(self) -> Response {
+        let (status, code, message) = match self {
+            GupshupRefusal::NoLine => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no gupshup line is configured",
+            ),
+            GupshupRefusal::IpNotAllowed => (
+                StatusCode::FORBIDDEN,
+                "ip_not_allowed",
+                "this address is not in any gupshup line's webhook_allow_ips",
+            ),
+            GupshupRefusal::MissingSecret => (
+                StatusCode::UNAUTHORIZED,
+                "missing_secret",
+                "the shared secret is missing (X-Tiercast-Secret header or /webhooks/gupshup/{secret})",
+            ),
+            GupshupRefusal::BadSecret => (
+                StatusCode::UNAUTHORIZED,
+                "bad_secret",
+                "the shared secret does not match",
+            ),
+        };
+        m::webhook_rejected(code);
+        tracing::warn!(reason = code, "gupshup webhook rejected");
+        error(status, code, message)
+    }
+}
+
+/// The Gupshup lines this request may speak for: those whose allow-list admits the peer and
+/// whose secret (if any) it presents. Gupshup signs nothing, so this is all the authentication
+/// there is; secrets are compared in constant time.
+fn gupshup_lines_for(
+    state: &HttpState,
+    peer: Option<IpAddr>,
+    presented: Option<&str>,
+) -> Result<Vec<Arc<LineRuntime>>, GupshupRefusal> {
+    let lines: Vec<&Arc<LineRuntime>> = state
+        .lines
+        .values()
+        .filter(|rt| rt.line.provider == ProviderKind::Gupshup)
+        .collect();
+    if lines.is_empty() {
+        return Err(GupshupRefusal::NoLine);
+    }
+    // A peer address behind an IPv6 socket may be IPv4-mapped.
+    let peer = peer.map(|ip| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    });
+    let by_ip: Vec<&Arc<LineRuntime>> = lines
+        .into_iter()
+        .filter(|rt| {
+            let allow = &rt.line.webhook_allow_ips;
+            allow.is_empty() || peer.is_some_and(|ip| allow.iter().any(|net| net.contains(&ip)))
+        })
+        .collect();
+    if by_ip.is_empty() {
+        return Err(GupshupRefusal::IpNotAllowed);
+    }
+    let ok: Vec<Arc<LineRuntime>> = by_ip
+        .iter()
+        .filter(|rt| match (&rt.webhook_secret, presented) {
+            (None, _) => true,
+            (Some(secret), Some(p)) => {
+                subtle::ConstantTimeEq::ct_eq(secret.expose().as_bytes(), p.as_bytes()).into()
+            }
+            (Some(_), None) => false,
+        })
+        .map(|rt| (*rt).clone())
+        .collect();
+    if ok.is_empty() {
+        return Err(if presented.is_none() {
+            GupshupRefusal::MissingSecret
+        } else {
+            GupshupRefusal::BadSecret
+        });
+    }
+    Ok(ok)
+}
+
+fn peer_ip(req: &Request) -> Option<IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+fn header_secret(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(GUPSHUP_SECRET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Gupshup checks a callback URL when it is set: answer as an event would be, empty 200.
+async fn gupshup_probe(State(state): State<HttpState>, req: Request) -> Response {
+    gupshup_probe_inner(&state, req, None)
+}
+
+async fn gupshup_probe_with_secret(
+    State(state): State<HttpState>,
+    Path(secret): Path<String>,
+    req: Request,
+) -> Response {
+    gupshup_probe_inner(&state, req, Some(secret))
+}
+
+fn gupshup_probe_inner(state: &HttpState, req: Request, path: Option<String>) -> Response {
+    let presented = header_secret(req.headers()).or(path);
+    match gupshup_lines_for(state, peer_ip(&req), presented.as_deref()) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(r) => r.response(),
+    }
+}
+
+async fn gupshup_events(State(state): State<HttpState>, req: Request) -> Response {
+    gupshup_events_inner(state, req, None).await
+}
+
+async fn gupshup_events_with_secret(
+    State(state): State<HttpState>,
+    Path(secret): Path<String>,
+    req: Request,
+) -> Response {
+    gupshup_events_inner(state, req, Some(secret)).await
+}
+
+/// Gupshup's callbacks: authenticated before the body is parsed; well-formed bodies are applied
+/// and answered 200 with an empty body (Gupshup's contract), also when we do not use them.
+async fn gupshup_events_inner(state: HttpState, req: Request, path: Option<String>) -> Response {
+    let presented = header_secret(req.headers()).or(path);
+    let lines = match gupshup_lines_for(&state, peer_ip(&req), presented.as_deref()) {
+        Ok(l) => l,
+        Err(r) => return r.response(),
+    };
+    let body = match axum::body::to_bytes(req.into_body(), WEBHOOK_BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(e) => {
+            m::webhook_rejected("body");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body", e.to_string());
+        }
+    };
+    let mut hook = match parse_gupshup_webhook(&body) {
+        Ok(h) => h,
+        Err(e) => {
+            m::webhook_rejected(e.as_label());
+            tracing::warn!(error = %e, "gupshup webhook rejected: malformed body");
+            return error(StatusCode::BAD_REQUEST, "malformed", e.to_string());
+        }
+    };
+    // The line: the one whose app the body names, else the only one this request may speak for.
+    let named = lines.iter().find(|rt| {
+        let l = &rt.line;
+        hook.app.as_deref().is_some_and(|a| {
+            l.app_name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(a))
+        }) || hook
+            .app_id
+            .as_deref()
+            .is_some_and(|id| l.app_id.as_deref() == Some(id))
+    });
+    let rt = match (named, lines.len()) {
+        (Some(rt), _) => rt,
+        (None, 1) => &lines[0],
+        (None, _) => {
+            m::webhook_rejected("unknown_app");
+            tracing::warn!(app = ?hook.app, app_id = ?hook.app_id,
+                "gupshup webhook for an app no line names; ignored");
+            return StatusCode::OK.into_response();
+        }
+    };
+    hook.assign_line(&rt.line.phone_number_id, &rt.waba_id);
+    match state.inbox.apply(&hook.events).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "gupshup webhook could not be applied; asking Gupshup to retry");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

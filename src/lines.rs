@@ -2,7 +2,9 @@
 //! and its webhook secrets, built once at start from the config and the environment.
 
 use crate::config::{Config, ConfigError, Line, ProviderKind, Secret};
+use crate::provider::gupshup::{GupshupClient, GupshupSettings};
 use crate::provider::meta::{MetaClient, MetaSettings};
+use crate::provider::LineProvider;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -18,11 +20,14 @@ pub const SIM_API_VERSION: &str = "v23.0";
 
 pub struct LineRuntime {
     pub line: Line,
-    pub provider: MetaClient,
+    pub provider: LineProvider,
     pub pacer: crate::pacer::Pacer,
-    pub app_secret: Secret,
+    /// Meta's webhook signature key (Meta and simulator lines; Gupshup signs nothing).
+    pub app_secret: Option<Secret>,
     pub verify_token: Option<Secret>,
     pub waba_id: String,
+    /// The shared secret Gupshup callbacks must carry (Gupshup lines that configure one).
+    pub webhook_secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for LineRuntime {
@@ -113,14 +118,7 @@ pub fn build(
                     sim_waba_id(line),
                 )?
             }
-            ProviderKind::Gupshup => {
-                return Err(ConfigError {
-                    file: config.source.clone(),
-                    line: None,
-                    key: format!("{}.provider", line.key),
-                    message: "the gupshup provider is not available in this build yet".into(),
-                })
-            }
+            ProviderKind::Gupshup => gupshup_runtime(config, line)?,
         };
         out.insert(line.name.clone(), Arc::new(rt));
     }
@@ -136,11 +134,46 @@ fn runtime(
     verify_token: Option<Secret>,
     waba_id: String,
 ) -> Result<LineRuntime, ConfigError> {
-    let provider = MetaClient::new(MetaSettings {
-        api_base: api_base.to_string(),
-        phone_number_id: line.phone_number_id.clone(),
-        waba_id: waba_id.clone(),
-        access_token: token.expose().to_string(),
+    let provider = LineProvider::Meta(Box::new(
+        MetaClient::new(MetaSettings {
+            api_base: api_base.to_string(),
+            phone_number_id: line.phone_number_id.clone(),
+            waba_id: waba_id.clone(),
+            access_token: token.expose().to_string(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(20),
+            max_in_flight: line.max_in_flight,
+        })
+        .map_err(|e| ConfigError {
+            file: config.source.clone(),
+            line: None,
+            key: format!("{}.api_base", line.key),
+            message: e.to_string(),
+        })?,
+    ));
+    Ok(LineRuntime {
+        line: line.clone(),
+        provider,
+        pacer: crate::pacer::Pacer::new(&line.name, line.throughput_mps),
+        app_secret: Some(app_secret),
+        verify_token,
+        waba_id,
+        webhook_secret: None,
+    })
+}
+
+fn gupshup_runtime(config: &Config, line: &Line) -> Result<LineRuntime, ConfigError> {
+    let api_key = config.secret(&line.key, "api_key_env", line.api_key_env.as_deref())?;
+    let webhook_secret = match &line.webhook_secret_env {
+        Some(v) => Some(config.secret(&line.key, "webhook_secret_env", Some(v))?),
+        None => None,
+    };
+    let provider = GupshupClient::new(GupshupSettings {
+        api_base: line.api_base.clone().unwrap_or_default(),
+        source: line.source.clone().unwrap_or_default(),
+        app_name: line.app_name.clone().unwrap_or_default(),
+        app_id: line.app_id.clone().unwrap_or_default(),
+        api_key: api_key.expose().to_string(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(20),
         max_in_flight: line.max_in_flight,
@@ -153,10 +186,12 @@ fn runtime(
     })?;
     Ok(LineRuntime {
         line: line.clone(),
-        provider,
+        provider: LineProvider::Gupshup(Box::new(provider)),
         pacer: crate::pacer::Pacer::new(&line.name, line.throughput_mps),
-        app_secret,
-        verify_token,
-        waba_id,
+        app_secret: None,
+        verify_token: None,
+        // Tier events name no WABA on Gupshup; the line's own key routes them (see the inbox).
+        waba_id: sim_waba_id(line),
+        webhook_secret,
     })
 }

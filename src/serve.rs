@@ -185,7 +185,9 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         let stop = async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         };
-        if let Err(e) = axum::serve(listener, router)
+        // Peer addresses feed the Gupshup webhook's IP allow-list.
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await
         {

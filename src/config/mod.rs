@@ -145,6 +145,7 @@ struct RawLine {
     app_id: Option<String>,
     api_key_env: Option<String>,
     webhook_secret_env: Option<String>,
+    webhook_allow_ips: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -320,7 +321,10 @@ pub struct Line {
     pub app_name: Option<String>,
     pub app_id: Option<String>,
     pub api_key_env: Option<String>,
+    /// Gupshup signs nothing: the shared secret its callbacks must carry (header or path).
     pub webhook_secret_env: Option<String>,
+    /// Gupshup callbacks are only accepted from these networks (empty: from anywhere).
+    pub webhook_allow_ips: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -816,9 +820,19 @@ impl Validator<'_> {
                 for (field, value) in [
                     ("source", &raw.source),
                     ("app_name", &raw.app_name),
+                    ("app_id", &raw.app_id),
                     ("api_key_env", &raw.api_key_env),
                 ] {
                     require(field, value)?;
+                }
+                if let Some(source) = &raw.source {
+                    let digits = source.trim().trim_start_matches('+');
+                    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                        return Err(self.err(
+                            format!("{key}.source"),
+                            format!("{source:?} is not a phone number in digits (E.164 without +)"),
+                        ));
+                    }
                 }
             }
             ProviderKind::Simulator => {}
@@ -832,6 +846,27 @@ impl Validator<'_> {
             ProviderKind::Gupshup => Some(DEFAULT_GUPSHUP_API_BASE.to_string()),
             ProviderKind::Simulator => None,
         });
+        let gupshup_only = [
+            ("webhook_secret_env", raw.webhook_secret_env.is_some()),
+            ("webhook_allow_ips", raw.webhook_allow_ips.is_some()),
+        ];
+        if provider != ProviderKind::Gupshup {
+            if let Some((field, _)) = gupshup_only.iter().find(|(_, set)| *set) {
+                return Err(self.err(
+                    format!("{key}.{field}"),
+                    "only applies to gupshup lines (Meta webhooks are signed with app_secret_env)",
+                ));
+            }
+        }
+        let mut webhook_allow_ips = Vec::new();
+        for (j, text) in raw.webhook_allow_ips.iter().flatten().enumerate() {
+            webhook_allow_ips.push(parse_ip_net(text).ok_or_else(|| {
+                self.err(
+                    format!("{key}.webhook_allow_ips[{j}]"),
+                    format!("{text:?} is not an IP address or network (e.g. 203.0.113.7 or 203.0.113.0/24)"),
+                )
+            })?);
+        }
         if let Some(base) = &api_base {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return Err(self.err(
@@ -867,6 +902,7 @@ impl Validator<'_> {
             app_id: raw.app_id,
             api_key_env: raw.api_key_env,
             webhook_secret_env: raw.webhook_secret_env,
+            webhook_allow_ips,
         })
     }
 
@@ -1007,6 +1043,14 @@ impl Validator<'_> {
             max_failure_rate: raw.max_failure_rate,
         })
     }
+}
+
+/// `203.0.113.7`, `2001:db8::1` (one host) or `203.0.113.0/24` (a network).
+pub fn parse_ip_net(text: &str) -> Option<ipnet::IpNet> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| t.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
 }
 
 fn template_ref(raw: RawTemplateRef) -> TemplateRef {

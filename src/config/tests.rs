@@ -229,3 +229,71 @@ fn country_zones_override_the_table_and_bad_entries_name_the_key() {
     assert_eq!(e.key, "country_zones.BR", "{e}");
     assert!(e.message.contains("America/Atlantis"), "{e}");
 }
+
+const GUPSHUP: &str = r#"
+[[lines]]
+name = "gs"
+provider = "gupshup"
+source = "917834811114"
+app_name = "DemoApp"
+app_id = "c6aecef6-0000-4fb1-8100-28c094e3bc6b"
+api_key_env = "GUPSHUP_API_KEY"
+webhook_secret_env = "GUPSHUP_WEBHOOK_SECRET"
+webhook_allow_ips = ["203.0.113.7", "198.51.100.0/24", "2001:db8::/32"]
+"#;
+
+#[test]
+fn gupshup_lines() {
+    let cfg = parse(GUPSHUP).unwrap();
+    let l = cfg.line("gs").unwrap();
+    assert_eq!(l.provider, ProviderKind::Gupshup);
+    assert_eq!(l.api_base.as_deref(), Some(DEFAULT_GUPSHUP_API_BASE));
+    // The business number stands in for Meta's phone_number_id when matching webhooks.
+    assert_eq!(l.phone_number_id, "917834811114");
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert!(l.webhook_allow_ips[0].contains(&ip("203.0.113.7")));
+    assert!(!l.webhook_allow_ips[0].contains(&ip("203.0.113.8")));
+    assert!(l.webhook_allow_ips[1].contains(&ip("198.51.100.200")));
+    assert!(l.webhook_allow_ips[2].contains(&ip("2001:db8::1")));
+
+    for field in ["source", "app_name", "app_id", "api_key_env"] {
+        let text: String = GUPSHUP
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} =")))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = err(&text);
+        assert_eq!(e.key, format!("lines[0].{field}"));
+        assert!(e.message.contains("required for a gupshup line"), "{e}");
+    }
+    let e = err(&GUPSHUP.replace("\"917834811114\"", "\"+91 7834-811114\""));
+    assert_eq!(e.key, "lines[0].source");
+    let e = err(&GUPSHUP.replace("\"198.51.100.0/24\"", "\"198.51.100.0/33\""));
+    assert_eq!(e.key, "lines[0].webhook_allow_ips[1]");
+    assert!(e.to_string().contains("198.51.100.0/33"), "{e}");
+    // Gupshup-only keys on a Meta line would be silently ignored: refused instead.
+    let e = err(&BASE.replace(
+        "provider = \"simulator\"",
+        "provider = \"simulator\"\nwebhook_secret_env = \"X\"",
+    ));
+    assert_eq!(e.key, "lines[0].webhook_secret_env");
+}
+
+#[test]
+fn example_gupshup_line_parses_once_uncommented() {
+    let block: Vec<&str> = EXAMPLE_CONFIG
+        .lines()
+        .skip_while(|l| !l.starts_with("# And a Gupshup app"))
+        .skip(1)
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| &l[2..])
+        .collect();
+    let text = format!(
+        "[[portfolios]]\nname = \"acme\"\n{}",
+        block.join("\n").replace("\n[[lines]]", "\n\n[[lines]]")
+    );
+    let cfg = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let l = cfg.line("gs").expect("the gupshup line");
+    assert_eq!(l.provider, ProviderKind::Gupshup);
+    assert_eq!(l.webhook_allow_ips.len(), 1);
+}

@@ -242,6 +242,70 @@ pub fn classify_meta(code: i64) -> Classification {
     }
 }
 
+/// Classify a failure code from Gupshup (`payload.payload.code` of a v2 `failed` event), which
+/// is either Gupshup's own (1001–1012, 4001–4005, 500), a WhatsApp On-Premises code (470, 471,
+/// 472, 1013, 1026) or a Cloud API code passed through; the last go to [`classify_meta`]. The
+/// two families do not overlap, so one lookup serves both (reference `gupshup.md` §2.8).
+///
+/// Decisions beyond the reference's recommendation column:
+/// - 1003 (wallet balance low) and 4001 (Gupshup rate limit) are about the account, not the
+///   contact, and would fail every send: `Campaign`, so the campaign pauses until someone tops
+///   up or talks to Gupshup, instead of burning every contact's attempts.
+/// - 470 / 131047 (window closed) concern free-form text and never a template; kept `Permanent`
+///   like the Meta code.
+pub fn classify_gupshup(code: i64) -> Classification {
+    match code {
+        1001 => halt("Gupshup: last mapped bot failed (src.name and source do not match the app)"),
+        1002 => perm("Gupshup: number does not exist on WhatsApp"),
+        1003 => halt("Gupshup: wallet balance low"),
+        1004 => halt("Gupshup: template disabled"),
+        1005 => halt("Gupshup: template match failed"),
+        1006 => perm("Gupshup: template opt-in failure (legacy)"),
+        1007 => perm("Gupshup: template opt-in and match failure (legacy)"),
+        1008 => perm("Gupshup: user neither proxied nor opted in (legacy)"),
+        1009 => halt("Gupshup: required parameter missing"),
+        1010 => halt("Gupshup: invalid media URL"),
+        1011 => halt("Gupshup: invalid media size"),
+        1012 => perm("Gupshup: number opted out (legacy)"),
+        4001 => halt("Gupshup: API rate limited; stop sending and contact Gupshup"),
+        4002 => retry("Gupshup: invalid response from WhatsApp"),
+        4003 => halt("Gupshup: no template match"),
+        4004 => halt("Gupshup: only a Cloud API feature"),
+        4005 => halt("Gupshup: template paused"),
+        500 => retry("Gupshup: internal server error"),
+        470 => perm(
+            "Re-engagement message: more than 24 hours since the user last replied (On-Premises)",
+        ),
+        471 => halt("Spam rate limit hit (On-Premises)"),
+        472 => perm("User's number is part of an experiment (On-Premises)"),
+        1013 => perm("User is not valid (On-Premises)"),
+        1026 => perm("Receiver incapable (On-Premises)"),
+        c => classify_meta(c),
+    }
+}
+
+/// Classify a synchronous Gupshup rejection, `{"status":"error","message":…}` with its HTTP
+/// status (reference §1.1). Gupshup gives no code here, only these documented messages; an
+/// undocumented one is judged by the HTTP status like a body-less answer, except that an
+/// explicit `"status":"error"` on a 2xx says the message was not taken, so it is retryable.
+pub fn classify_gupshup_rejection(http_status: u16, message: &str) -> Classification {
+    let m = message.trim();
+    if m.eq_ignore_ascii_case("Invalid Destination") {
+        perm("Gupshup: invalid destination")
+    } else if m.eq_ignore_ascii_case("Invalid App Details") {
+        halt("Gupshup: invalid app details (src.name does not own source)")
+    } else if m.eq_ignore_ascii_case("Authentication Failed") || http_status == 401 {
+        halt("Gupshup: authentication failed (apikey)")
+    } else if m.eq_ignore_ascii_case("Too Many Requests") || http_status == 429 {
+        throttle("Gupshup: too many requests")
+    } else if (200..300).contains(&http_status) {
+        retry("Gupshup: error status in a 2xx answer").unknown()
+    } else {
+        let c = classify_http_without_graph_body(http_status);
+        Classification { known: false, ..c }
+    }
+}
+
 /// Classify an HTTP answer whose body is not a Graph error envelope (a proxy, a load balancer,
 /// a wrong `api_base`…), so there is no code to go by.
 ///
@@ -401,6 +465,72 @@ mod tests {
         assert_eq!(classify_http_without_graph_body(200).class, Ambiguous);
         assert_eq!(classify_transport().class, Ambiguous);
         assert_eq!(classify_connect_failure().class, Retryable);
+    }
+
+    #[test]
+    fn gupshup_codes() {
+        let table: &[(i64, ErrorClass)] = &[
+            (1001, Campaign),
+            (1002, Permanent),
+            (1003, Campaign),
+            (1004, Campaign),
+            (1005, Campaign),
+            (1006, Permanent),
+            (1007, Permanent),
+            (1008, Permanent),
+            (1009, Campaign),
+            (1010, Campaign),
+            (1011, Campaign),
+            (1012, Permanent),
+            (4001, Campaign),
+            (4002, Retryable),
+            (4003, Campaign),
+            (4004, Campaign),
+            (4005, Campaign),
+            (500, Retryable),
+            (470, Permanent),
+            (471, Campaign),
+            (472, Permanent),
+            (1013, Permanent),
+            (1026, Permanent),
+        ];
+        for &(code, class) in table {
+            let c = classify_gupshup(code);
+            assert_eq!(c.class, class, "code {code}");
+            assert!(c.known, "code {code}");
+        }
+        // Meta codes pass through unchanged, flags included.
+        assert_eq!(classify_gupshup(131050), classify_meta(131050));
+        assert!(classify_gupshup(131050).opt_out);
+        assert_eq!(
+            classify_gupshup(131049).min_delay,
+            classify_meta(131049).min_delay
+        );
+        assert_eq!(classify_gupshup(132000).class, Campaign);
+        assert!(!classify_gupshup(9999).known);
+        assert_eq!(classify_gupshup(9999).class, Retryable);
+        // The Gupshup codes are not Meta codes: the two tables never disagree on a code.
+        for &(code, _) in table {
+            assert!(
+                !classify_meta(code).known,
+                "code {code} is also a Meta code"
+            );
+        }
+    }
+
+    #[test]
+    fn gupshup_rejections() {
+        let r = classify_gupshup_rejection;
+        assert_eq!(r(400, "Invalid Destination").class, Permanent);
+        assert_eq!(r(400, "Invalid App Details").class, Campaign);
+        assert_eq!(r(401, "Authentication Failed").class, Campaign);
+        assert_eq!(r(401, "whatever").class, Campaign);
+        assert_eq!(r(429, "Too Many Requests").class, Throttled);
+        assert_eq!(r(202, "Something odd").class, Retryable);
+        assert!(!r(202, "Something odd").known);
+        assert_eq!(r(502, "Bad gateway").class, Ambiguous);
+        assert_eq!(r(404, "Not found").class, Campaign);
+        assert!(r(400, "Invalid Destination").known);
     }
 
     #[test]

@@ -4,19 +4,25 @@
 
 use crate::clock::{Millis, SharedClock};
 use crate::config::Config;
+use crate::config::ProviderKind;
 use crate::dispatch::{failure_action, parse_callback_data};
-use crate::domain::error_class::{classify_meta, ErrorClass};
+use crate::domain::error_class::{classify_gupshup, classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome, Tier};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
-use crate::store::{CategoryChange, FailureAction, StatusUpdate, Store, StoreError};
+use crate::store::{AppliedStatus, CategoryChange, FailureAction, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
+use futures::future::BoxFuture;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::Instrument;
 
 mod replies;
+
+/// Looks at an unmatched Gupshup status again after 0.25, 0.5, 1 and 2 s.
+const UNMATCHED_RETRIES: u32 = 4;
 
 pub use replies::AgentError;
 
@@ -60,11 +66,14 @@ impl Inbox {
 
     /// The line a webhook's `metadata.phone_number_id` belongs to.
     pub(crate) fn line_of(&self, phone_number_id: &str) -> Option<&str> {
+        self.config_line(phone_number_id).map(|l| l.name.as_str())
+    }
+
+    fn config_line(&self, phone_number_id: &str) -> Option<&crate::config::Line> {
         self.config
             .lines
             .iter()
             .find(|l| l.phone_number_id == phone_number_id)
-            .map(|l| l.name.as_str())
     }
 
     /// Applies a webhook's events in order. An error means nothing after it was applied; the
@@ -198,7 +207,8 @@ impl Inbox {
                     ..
                 } if !wa_id.is_empty() => {
                     let phone = format!("+{}", wa_id.trim_start_matches('+'));
-                    if !category.contains("marketing") {
+                    // `all`: Gupshup's (legacy) opt-out, which covers every message.
+                    if !(category.contains("marketing") || category == "all") {
                         continue;
                     }
                     if value == "stop" {
@@ -279,9 +289,58 @@ impl Inbox {
         Ok(())
     }
 
+    /// Boxed: an unmatched Gupshup status schedules a later call of itself (see
+    /// [`Inbox::retry_unmatched`]).
+    fn on_statuses_boxed<'a>(
+        &'a self,
+        events: &'a [&'a StatusEvent],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.on_statuses(events))
+    }
+
+    /// Gupshup posts its first callbacks without our attempt id and may beat the send's HTTP
+    /// answer (with no delay, or a slow daemon): a status naming an id not stored yet is
+    /// looked at again a few times over ~4 s once the id shows up, instead of being lost.
+    fn retry_unmatched(&self, ev: &StatusEvent) {
+        let this = self.clone();
+        let ev = ev.clone();
+        tokio::spawn(async move {
+            for attempt in 0..UNMATCHED_RETRIES {
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+                match this.store.knows_message_id(&ev.wamid).await {
+                    Ok(true) => {
+                        if let Err(e) = this.on_statuses_boxed(&[&ev]).await {
+                            tracing::warn!(error = %e, "late-matched status not applied");
+                        }
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "late-matched status not applied");
+                        return;
+                    }
+                }
+            }
+            tracing::debug!(id = %ev.wamid, "status for a message tiercast did not send; ignored");
+        });
+    }
+
     /// Statuses of one webhook, applied in one transaction; a `failed` one that moved a
     /// campaign row then goes through the failure classification on its own (rare).
     async fn on_statuses(&self, events: &[&StatusEvent]) -> Result<(), StoreError> {
+        // Gupshup's `enqueued` is no step of a message's life: only the ids it pairs matter.
+        let mut steps: Vec<&StatusEvent> = Vec::with_capacity(events.len());
+        for ev in events {
+            if let Some(alt) = ev.alt_id.as_deref() {
+                self.store
+                    .add_message_alias(alt, &ev.wamid, self.clock.now_millis())
+                    .await?;
+            }
+            if ev.status.as_str() != "enqueued" {
+                steps.push(*ev);
+            }
+        }
+        let events = &steps[..];
         let named: Vec<i64> = events
             .iter()
             .filter_map(|e| e.callback_data.as_deref().and_then(parse_callback_data))
@@ -331,10 +390,46 @@ impl Inbox {
                 deadline,
             ));
         }
-        let applied = self.store.apply_statuses(&updates).await?;
+        let mut applied = self.store.apply_statuses(&updates).await?;
+        // An id we do not know may be another id of one of ours (a Gupshup report naming only
+        // the WhatsApp id): looked up only on a miss, so Meta's path pays nothing.
+        let mut again = Vec::new();
+        for (i, a) in applied.iter().enumerate() {
+            if !a.known {
+                if let Some(id) = self.store.resolve_message_alias(&events[i].wamid).await? {
+                    again.push((i, id));
+                }
+            }
+        }
+        if !again.is_empty() {
+            let retried: Vec<(StatusUpdate<'_>, Millis)> = again
+                .iter()
+                .map(|(i, id)| {
+                    let (u, deadline) = &updates[*i];
+                    (
+                        StatusUpdate {
+                            wamid: id.as_str(),
+                            ..u.clone()
+                        },
+                        *deadline,
+                    )
+                })
+                .collect();
+            for ((i, _), a) in again.iter().zip(self.store.apply_statuses(&retried).await?) {
+                applied[*i] = AppliedStatus { known: true, ..a };
+            }
+        }
+        for (ev, a) in events.iter().zip(&applied) {
+            let gupshup = self
+                .config_line(&ev.phone_number_id)
+                .is_some_and(|l| l.provider == ProviderKind::Gupshup);
+            if !a.known && gupshup {
+                self.retry_unmatched(ev);
+            }
+        }
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         let mut names: HashMap<i64, String> = HashMap::new();
-        for (ev, applied) in events.iter().zip(&applied) {
+        for (i, (ev, applied)) in events.iter().zip(&applied).enumerate() {
             let Some((_, campaign_id, contact_id)) = applied.advanced else {
                 continue;
             };
@@ -356,24 +451,35 @@ impl Inbox {
             );
             span.in_scope(|| tracing::debug!(advanced = true, "status applied"));
             if failed {
-                self.on_failed(ev).instrument(span).await?;
+                let wamid = again
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map_or(ev.wamid.as_str(), |(_, id)| id.as_str());
+                self.on_failed(ev, wamid).instrument(span).await?;
             }
         }
         Ok(())
     }
 
     /// A `failed` status that moved its campaign row: classify the error and move the row.
-    async fn on_failed(&self, ev: &StatusEvent) -> Result<(), StoreError> {
-        let Some(target) = self.store.status_target(&ev.wamid).await? else {
+    /// `wamid` is the id the row is stored under (an alias of `ev.wamid`'s, at times).
+    async fn on_failed(&self, ev: &StatusEvent, wamid: &str) -> Result<(), StoreError> {
+        let Some(target) = self.store.status_target(wamid).await? else {
             return Ok(());
         };
-        let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
+        let config_line = self.config_line(&ev.phone_number_id);
+        let line = config_line.map(|l| l.name.as_str()).unwrap_or("unknown");
+        let gupshup = config_line.is_some_and(|l| l.provider == ProviderKind::Gupshup);
         let error = ev.errors.first();
         let Some(campaign) = self.campaign_config(target.campaign_id).await? else {
             return Ok(());
         };
         let code = error.map(|e| e.code).unwrap_or(131000);
-        let mut c = classify_meta(code);
+        let mut c = if gupshup {
+            classify_gupshup(code)
+        } else {
+            classify_meta(code)
+        };
         if c.class == ErrorClass::Ambiguous {
             // A failed status is a certain failure, not an unknown fate: retry with backoff.
             c.class = ErrorClass::Retryable;
@@ -387,7 +493,7 @@ impl Inbox {
             self.store
                 .add_opt_out(
                     &target.contact_phone,
-                    "marketing opt-out reported by Meta (131050)",
+                    "marketing opt-out reported by the provider (131050)",
                     "131050",
                     now,
                 )

@@ -156,9 +156,20 @@ impl Inbox {
             return Ok(());
         }
 
+        // A reply may quote our message by another id than the stored one (Gupshup without
+        // `gsId`: the WhatsApp id).
+        let context = match msg.context_id.as_deref() {
+            Some(c) => Some(
+                self.store
+                    .resolve_message_alias(c)
+                    .await?
+                    .unwrap_or_else(|| c.to_string()),
+            ),
+            None => None,
+        };
         let target = self
             .store
-            .reply_target(&line, &phone, msg.context_id.as_deref())
+            .reply_target(&line, &phone, context.as_deref())
             .await?;
         let now = self.clock.now_millis();
         let mut interaction = None;
@@ -550,6 +561,7 @@ impl Inbox {
             to: i.phone.clone(),
             template_name: template.name.clone(),
             language: template.language.clone(),
+            template_id: def.id.clone(),
             components,
             callback_data: format!("tc-recontact:{id}"),
         };

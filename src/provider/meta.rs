@@ -565,6 +565,7 @@ mod tests {
             to: "+5511999990000".into(),
             template_name: "renewal_reminder".into(),
             language: "pt_BR".into(),
+            template_id: None,
             components,
             callback_data: "att-42".into(),
         }

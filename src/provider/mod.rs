@@ -3,13 +3,14 @@
 //! maps its own failures onto [`SendError`], and [`SendError::classification`] turns every one of
 //! them into a hopper decision through the single table of `domain::error_class`.
 
+pub mod gupshup;
 pub mod meta;
 
 use std::future::Future;
 
 use crate::domain::error_class::{
-    classify_connect_failure, classify_http_without_graph_body, classify_meta, classify_transport,
-    Classification, ErrorClass,
+    classify_connect_failure, classify_gupshup_rejection, classify_http_without_graph_body,
+    classify_meta, classify_transport, Classification, ErrorClass,
 };
 use crate::domain::template::TemplateDef;
 
@@ -20,6 +21,9 @@ pub struct TemplateMessage {
     pub to: String,
     pub template_name: String,
     pub language: String,
+    /// The provider's own id of that template variant, from the template sync. Meta addresses
+    /// templates by name and language and ignores it; Gupshup sends need it (its UUID).
+    pub template_id: Option<String>,
     /// The payload's `template.components` array (see `domain::template::CompiledMapping`).
     /// `Null` or an empty array sends no components.
     pub components: serde_json::Value,
@@ -51,6 +55,9 @@ pub enum SendError {
         details: Option<String>,
         fbtrace_id: Option<String>,
     },
+    /// Gupshup's `{"status":"error","message":…}`: it has no code, only the message.
+    #[error("gupshup rejected the request: {message} (HTTP {http_status})")]
+    Gupshup { http_status: u16, message: String },
     /// An HTTP answer whose body is not a Graph error (a proxy page, an unreadable 2xx…).
     #[error("HTTP {status} without a provider error body: {body_snippet}")]
     Http { status: u16, body_snippet: String },
@@ -82,6 +89,10 @@ impl SendError {
                     c
                 }
             }
+            SendError::Gupshup {
+                http_status,
+                message,
+            } => classify_gupshup_rejection(*http_status, message),
             SendError::Http { status, .. } => classify_http_without_graph_body(*status),
             SendError::Transport {
                 maybe_sent: true, ..
@@ -93,10 +104,11 @@ impl SendError {
     }
 
     /// The `code` label of `tiercast_send_failures_total`: the Meta code, `http_<status>`,
-    /// `timeout`, `transport` or `connect`.
+    /// `timeout`, `transport` or `connect`; Gupshup rejections are `gupshup_<status>`.
     pub fn code_label(&self) -> String {
         match self {
             SendError::Api { code, .. } => code.to_string(),
+            SendError::Gupshup { http_status, .. } => format!("gupshup_{http_status}"),
             SendError::Http { status, .. } => format!("http_{status}"),
             SendError::Transport { timeout: true, .. } => "timeout".to_string(),
             SendError::Transport {
@@ -162,6 +174,61 @@ pub struct CreatedTemplate {
     /// Meta may answer with another category than the one asked for.
     #[serde(default)]
     pub category: Option<String>,
+}
+
+/// The provider of one line, whichever API it speaks (the trait's `impl Future` methods keep it
+/// from being a trait object). Boxed: the clients are large and of different sizes.
+#[derive(Debug)]
+pub enum LineProvider {
+    Meta(Box<meta::MetaClient>),
+    Gupshup(Box<gupshup::GupshupClient>),
+}
+
+impl Provider for LineProvider {
+    async fn send_template(&self, m: &TemplateMessage) -> Result<Accepted, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.send_template(m).await,
+            LineProvider::Gupshup(c) => c.send_template(m).await,
+        }
+    }
+
+    async fn send_text(&self, to: &str, body: &str) -> Result<Accepted, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.send_text(to, body).await,
+            LineProvider::Gupshup(c) => c.send_text(to, body).await,
+        }
+    }
+
+    async fn mark_read(&self, wamid: &str) -> Result<(), SendError> {
+        match self {
+            LineProvider::Meta(c) => c.mark_read(wamid).await,
+            LineProvider::Gupshup(c) => c.mark_read(wamid).await,
+        }
+    }
+
+    async fn list_templates(&self) -> Result<Vec<TemplateDef>, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.list_templates().await,
+            LineProvider::Gupshup(c) => c.list_templates().await,
+        }
+    }
+
+    async fn account_limits(&self) -> Result<Option<AccountLimits>, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.account_limits().await,
+            LineProvider::Gupshup(c) => c.account_limits().await,
+        }
+    }
+
+    async fn create_template(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<CreatedTemplate, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.create_template(request).await,
+            LineProvider::Gupshup(c) => c.create_template(request).await,
+        }
+    }
 }
 
 #[cfg(test)]

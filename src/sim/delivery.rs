@@ -44,6 +44,14 @@ pub(crate) enum Job {
         value: Value,
         seq: u64,
     },
+    /// Unsigned bodies posted one after the other, in order, to their own URL (Gupshup
+    /// callbacks: one event per POST, no signature, the subscription's extra headers).
+    Sequence {
+        url: String,
+        headers: Vec<(String, String)>,
+        bodies: Vec<Vec<u8>>,
+        seq: u64,
+    },
     /// Post whatever is buffered now (used by `flush`).
     Nudge,
 }
@@ -158,6 +166,11 @@ pub(crate) async fn run(
                 Some(Job::Change { target, field, value, seq }) => {
                     let body = envelope(&target, vec![(field, value)]);
                     spawn_post(&ctx, target, body, None, vec![seq], 1);
+                }
+                Some(Job::Sequence { url, headers, bodies, seq }) => {
+                    let ratio = ctx.mode.duplicate_ratio.clamp(0.0, 1.0);
+                    let duplicate = ratio > 0.0 && rng.gen_bool(ratio);
+                    spawn_sequence(&ctx, url, headers, bodies, duplicate, seq);
                 }
                 Some(Job::Nudge) => flush_all(&ctx, &mut rng, &mut buffers),
                 None => {
@@ -298,8 +311,44 @@ fn spawn_post(
     });
 }
 
+fn spawn_sequence(
+    ctx: &Arc<PostCtx>,
+    url: String,
+    headers: Vec<(String, String)>,
+    bodies: Vec<Vec<u8>>,
+    duplicate: bool,
+    seq: u64,
+) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _permit = ctx.permits.acquire().await.ok();
+        for body in &bodies {
+            let ok = post_to(&ctx, &url, &headers, body).await;
+            let counter = if ok {
+                &ctx.stats.events_delivered
+            } else {
+                &ctx.stats.events_dropped
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if duplicate {
+            // Gupshup re-posts when an answer is slow or not 2xx: the receiver must not care.
+            for body in &bodies {
+                post_to(&ctx, &url, &headers, body).await;
+            }
+        }
+        ctx.tracker.finish(&[seq]);
+    });
+}
+
 async fn post_with_retry(ctx: &PostCtx, target: &Target, body: &[u8]) -> bool {
     let sig = signature::sign(target.app_secret.as_bytes(), body);
+    let headers = [(signature::SIGNATURE_HEADER.to_string(), sig)];
+    post_to(ctx, &ctx.url, &headers, body).await
+}
+
+/// One POST, retried (when the mode says so) until the receiver answers 200.
+async fn post_to(ctx: &PostCtx, url: &str, headers: &[(String, String)], body: &[u8]) -> bool {
     let attempts = if ctx.mode.retry_on_failure {
         ctx.mode.max_attempts.max(1)
     } else {
@@ -308,14 +357,15 @@ async fn post_with_retry(ctx: &PostCtx, target: &Target, body: &[u8]) -> bool {
     let mut backoff = ctx.mode.retry_backoff;
     for attempt in 1..=attempts {
         ctx.stats.posts.fetch_add(1, Ordering::Relaxed);
-        let res = ctx
+        let mut req = ctx
             .client
-            .post(&ctx.url)
+            .post(url)
             .header("content-type", "application/json")
-            .header(signature::SIGNATURE_HEADER, &sig)
-            .body(body.to_vec())
-            .send()
-            .await;
+            .body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let res = req.send().await;
         match res {
             Ok(r) if r.status() == reqwest::StatusCode::OK => return true,
             Ok(r) => tracing::debug!(status = %r.status(), attempt, "sim webhook refused"),

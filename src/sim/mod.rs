@@ -14,6 +14,7 @@
 mod delivery;
 pub mod fate;
 pub mod graph_error;
+pub mod gupshup;
 pub mod templates;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -37,6 +38,7 @@ use crate::clock::{Clock, SharedClock};
 use delivery::{lock, DeliveryStats, Job, Target, Tracker};
 pub use fate::{Fate, FateMix};
 pub use graph_error::GraphError;
+pub use gupshup::{gupshup_template_id, SimGupshupApp};
 pub use templates::{
     demo_templates, load_templates, SimTemplate, TemplateButton, TemplateComponent,
 };
@@ -126,6 +128,9 @@ pub struct SimConfig {
     /// Time for the pair rate and the ledger's `at_ms`; the wall clock when `None`. Tests
     /// share their injected clock so the ledger and the daemon agree on time.
     pub clock: Option<SharedClock>,
+    /// Gupshup apps served on `/wa/…` (the Gupshup mode); their callbacks go to each app's
+    /// own callback URL, not to `webhook_url`.
+    pub gupshup_apps: Vec<SimGupshupApp>,
 }
 
 /// Meta's pair rate limit (reference §4.3): one message per `interval` to one user, sustained,
@@ -160,6 +165,7 @@ impl Default for SimConfig {
             pair_rate: Some(PairRate::default()),
             messaging_limit: None,
             clock: None,
+            gupshup_apps: Vec::new(),
         }
     }
 }
@@ -167,7 +173,11 @@ impl Default for SimConfig {
 /// One accepted message.
 #[derive(Debug, Clone, Serialize)]
 pub struct LedgerEntry {
+    /// The WhatsApp message id.
     pub wamid: String,
+    /// Gupshup mode: the `messageId` the send answered (what Gupshup's callbacks call `gsId`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gs_id: Option<String>,
     pub phone_number_id: String,
     /// `to` exactly as sent.
     pub to: String,
@@ -286,29 +296,34 @@ struct Bucket {
 }
 
 impl Line {
-    /// Token bucket: refills `mps` per second, holds at most one second's worth (the burst).
     fn try_take(&self) -> bool {
-        let mps = self.mps.load(Ordering::Relaxed);
-        if mps == 0 || mps == u32::MAX {
-            return true;
-        }
-        let rate = f64::from(mps);
-        let mut b = lock(&self.bucket);
-        let now = Instant::now();
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        take_token(self.mps.load(Ordering::Relaxed), &self.bucket)
+    }
+}
+
+/// Token bucket: refills `mps` per second, holds at most one second's worth (the burst).
+fn take_token(mps: u32, bucket: &Mutex<Bucket>) -> bool {
+    if mps == 0 || mps == u32::MAX {
+        return true;
+    }
+    let rate = f64::from(mps);
+    let mut b = lock(bucket);
+    let now = Instant::now();
+    b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(rate);
+    b.last = now;
+    if b.tokens >= 1.0 {
+        b.tokens -= 1.0;
+        true
+    } else {
+        false
     }
 }
 
 struct Inner {
     cfg: SimConfig,
     lines: HashMap<String, Line>,
+    /// Gupshup apps by name.
+    gupshup: HashMap<String, gupshup::GsApp>,
     first_line: String,
     templates: RwLock<Vec<Arc<SimTemplate>>>,
     forced: RwLock<HashMap<String, Fate>>,
@@ -390,9 +405,15 @@ impl Simulator {
             .map(char::from)
             .collect();
         let templates = cfg.templates.iter().cloned().map(Arc::new).collect();
+        let gupshup = cfg
+            .gupshup_apps
+            .iter()
+            .map(|a| (a.app_name.clone(), gupshup::GsApp::new(a.clone())))
+            .collect();
         Simulator {
             inner: Arc::new(Inner {
                 lines,
+                gupshup,
                 first_line,
                 templates: RwLock::new(templates),
                 forced: RwLock::new(HashMap::new()),
@@ -431,6 +452,21 @@ impl Simulator {
             .route("/sim/throughput", post(throughput_handler))
             .route("/sim/tier", post(tier_handler))
             .route("/sim/flush", post(flush_handler))
+            .route("/sim/gupshup/inbound", post(gupshup::inbound_handler))
+            .route(
+                "/wa/api/v1/template/msg",
+                post(gupshup::template_msg_handler),
+            )
+            .route("/wa/api/v1/msg", post(gupshup::msg_handler))
+            .route("/wa/app/{app_id}/template", get(gupshup::templates_handler))
+            .route(
+                "/wa/app/{app_id}/msg/{msg_id}/read",
+                axum::routing::put(gupshup::read_handler),
+            )
+            .route(
+                "/wa/app/{app_id}/subscription",
+                post(gupshup::subscription_handler),
+            )
             .route("/{version}/{id}/messages", post(send_handler))
             .route("/sim/templates/review", post(review_handler))
             .route(
@@ -779,7 +815,12 @@ impl Simulator {
     }
 
     fn sender(&self) -> Option<&mpsc::UnboundedSender<Job>> {
-        let url = self.inner.cfg.webhook_url.clone()?;
+        // Gupshup jobs carry their own URL; Meta jobs are only queued with a webhook_url.
+        let url = match &self.inner.cfg.webhook_url {
+            Some(u) => u.clone(),
+            None if !self.inner.gupshup.is_empty() => String::new(),
+            None => return None,
+        };
         if self.inner.worker.get().is_none() && tokio::runtime::Handle::try_current().is_err() {
             // Outside a runtime there is nothing to run the delivery task on: skip webhooks
             // rather than panic (the ledger still records everything).
@@ -801,6 +842,9 @@ impl Simulator {
     }
 
     fn enqueue_status(&self, target: &Arc<Target>, status: Value) {
+        if self.inner.cfg.webhook_url.is_none() {
+            return;
+        }
         if let Some(tx) = self.sender() {
             let seq = self.inner.tracker.begin();
             let job = Job::Status {
@@ -815,6 +859,9 @@ impl Simulator {
     }
 
     fn enqueue_change(&self, target: &Arc<Target>, field: &str, value: Value) {
+        if self.inner.cfg.webhook_url.is_none() {
+            return;
+        }
         if let Some(tx) = self.sender() {
             let seq = self.inner.tracker.begin();
             let job = Job::Change {
@@ -1114,6 +1161,7 @@ impl Simulator {
         let accepted_at = SystemTime::now();
         lock(&self.inner.ledger).push(LedgerEntry {
             wamid: wamid.clone(),
+            gs_id: None,
             phone_number_id: pnid.to_string(),
             to: to.clone(),
             wa_id: wa_id.clone(),

@@ -95,6 +95,9 @@ pub struct Settle {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppliedStatus {
     pub advanced: Option<(i64, i64, i64)>,
+    /// The wamid names a campaign row or a message sent from the inbox (false: an id we do
+    /// not know, perhaps another id of one of ours, or a send not recorded yet).
+    pub known: bool,
 }
 
 /// The hopper row a status touched, for the caller's follow-up (classification of failures).
@@ -326,6 +329,8 @@ impl Store {
 
     /// The provider accepted the message (from the HTTP answer, or from a status webhook that
     /// named the attempt first). Idempotent: returns false if the attempt was settled already.
+    /// A new message (another wamid, i.e. a retry after a `failed` status) starts its status
+    /// afresh: the old `failed` would otherwise outrank every status of the new one.
     pub async fn settle_accepted(
         &self,
         attempt_id: i64,
@@ -559,7 +564,11 @@ impl Store {
             }
             let rank = status_rank(update.status);
             if rank < 0 {
-                out.push(AppliedStatus::default());
+                // A word of no step we track: nothing to apply, nothing to look for.
+                out.push(AppliedStatus {
+                    advanced: None,
+                    known: true,
+                });
                 continue;
             }
             let time_column = match update.status {
@@ -586,19 +595,30 @@ impl Store {
             match moved {
                 Some(row) => out.push(AppliedStatus {
                     advanced: Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+                    known: true,
                 }),
                 None => {
-                    // Not a campaign template (or a duplicate): perhaps a text or recontact
-                    // sent from the inbox.
-                    sqlx::query(
-                        "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out' \
-                         AND NOT EXISTS (SELECT 1 FROM hopper WHERE wamid = $1)",
-                    )
-                    .bind(update.wamid)
-                    .bind(update.status)
-                    .execute(&mut *tx)
-                    .await?;
-                    out.push(AppliedStatus::default());
+                    // A duplicate or late status of a campaign row, or not a campaign
+                    // template: perhaps a text or recontact sent from the inbox.
+                    let in_hopper: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM hopper WHERE wamid = $1 LIMIT 1")
+                            .bind(update.wamid)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let known = in_hopper.is_some()
+                        || sqlx::query(
+                            "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'",
+                        )
+                        .bind(update.wamid)
+                        .bind(update.status)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                            > 0;
+                    out.push(AppliedStatus {
+                        advanced: None,
+                        known,
+                    });
                 }
             }
         }
@@ -747,7 +767,8 @@ async fn settle_accepted_in(
 ) -> StoreResult<bool> {
     let moved = sqlx::query(
         "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
-           inflight_attempt_id = NULL, message_status = COALESCE(message_status, 'accepted'), sent_at = $4, \
+           inflight_attempt_id = NULL, sent_at = $4, \
+           message_status = CASE WHEN wamid = $2 THEN COALESCE(message_status, 'accepted') ELSE 'accepted' END, \
                response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
              WHERE inflight_attempt_id = $1",
         )

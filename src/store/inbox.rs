@@ -120,6 +120,34 @@ impl Store {
         .await?)
     }
 
+    /// Records that `alias` (e.g. the WhatsApp id Gupshup reports) names the message stored
+    /// as `wamid` (Gupshup's own id). Idempotent; the first mapping of an alias wins.
+    pub async fn add_message_alias(&self, alias: &str, wamid: &str, at: Millis) -> StoreResult<()> {
+        if alias.is_empty() || wamid.is_empty() || alias == wamid {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO message_aliases (alias, wamid, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (alias) DO NOTHING",
+        )
+        .bind(alias)
+        .bind(wamid)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The stored id an alias stands for, if one was recorded.
+    pub async fn resolve_message_alias(&self, alias: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT wamid FROM message_aliases WHERE alias = $1")
+                .bind(alias)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     pub async fn record_outbound(&self, m: &OutboundMessage<'_>) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
             "INSERT INTO messages (interaction_id, line, phone, direction, type, text, wamid, status, at) \
@@ -397,13 +425,27 @@ impl Store {
             .collect()
     }
 
-    /// A status webhook for a free-form message we sent (agent reply, confirmation).
-    pub async fn mark_outbound_status(&self, wamid: &str, status: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'")
-            .bind(wamid)
-            .bind(status)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// A status webhook for a free-form message we sent (agent reply, confirmation). False
+    /// when no outbound message has that id.
+    pub async fn mark_outbound_status(&self, wamid: &str, status: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'")
+                .bind(wamid)
+                .bind(status)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether an outbound message (campaign row or free-form) is stored under this id.
+    pub async fn knows_message_id(&self, wamid: &str) -> StoreResult<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM hopper WHERE wamid = $1) + \
+                    (SELECT COUNT(*) FROM messages WHERE wamid = $1 AND direction = 'out')",
+        )
+        .bind(wamid)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
     }
 }

@@ -40,7 +40,7 @@ pub enum WebhookParseError {
 }
 
 impl WebhookParseError {
-    fn from_json(e: serde_json::Error) -> Self {
+    pub(crate) fn from_json(e: serde_json::Error) -> Self {
         let (line, column) = (e.line(), e.column());
         let message = e.to_string();
         // serde_json reports the depth guard as a syntax error whose text starts like this.
@@ -132,6 +132,10 @@ pub struct StatusEvent {
     pub errors: Vec<ApiErrorInfo>,
     /// `pricing.category`, else `conversation.origin.type`.
     pub pricing_category: Option<String>,
+    /// Another id of the same message, when `wamid` is a provider's own id: Gupshup's events
+    /// name our message by its Gupshup id (`gsId` / `gs_id`, kept in `wamid`) and carry the
+    /// WhatsApp id here, which later events and replies may use alone.
+    pub alt_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -474,9 +478,18 @@ fn parse_status(phone_number_id: String, st: &Map<String, Value>) -> StatusEvent
                 .and_then(|c| c.get("origin"))
                 .and_then(|o| string_of(o.get("type")))
         });
+    // Gupshup v3 adds `gs_id` (the id its send API answered, which is the one we stored) and
+    // sometimes `meta_msg_id` (the WhatsApp id); `id` is then the other one.
+    let gs_id = s("gs_id").filter(|g| !g.is_empty());
+    let id = s("id").unwrap_or_default();
+    let (wamid, alt_id) = match gs_id {
+        Some(g) => (g, s("meta_msg_id").or(Some(id)).filter(|a| !a.is_empty())),
+        None => (id, None),
+    };
     StatusEvent {
         phone_number_id,
-        wamid: s("id").unwrap_or_default(),
+        wamid,
+        alt_id,
         status: MessageStatus::parse(&s("status").unwrap_or_default()),
         timestamp: timestamp_of(st.get("timestamp")),
         recipient_id: s("recipient_id"),
@@ -538,7 +551,12 @@ fn parse_inbound(
         profile_name: contact.and_then(|c| c.name.clone()),
         wamid: s("id").unwrap_or_default(),
         timestamp: timestamp_of(m.get("timestamp")),
-        context_id: m.get("context").and_then(|c| string_of(c.get("id"))),
+        // Gupshup v3 may add its own id of the quoted message; that is the one we stored.
+        context_id: m.get("context").and_then(|c| {
+            string_of(c.get("gs_id"))
+                .or_else(|| string_of(c.get("gsId")))
+                .or_else(|| string_of(c.get("id")))
+        }),
         kind: parse_kind(&message_type, m),
     }
 }
@@ -673,8 +691,16 @@ fn float_of(v: &Value) -> Option<f64> {
 
 /// Unix seconds from a string or a number; 0 when missing or not a number (e.g. a literal
 /// "TIMESTAMP" placeholder in SDK fixtures), so one odd field never rejects a whole batch.
+///
+/// Values above 10^11 are milliseconds (Gupshup v3's `enqueued` status sends them so) and are
+/// brought to seconds; 10^11 s is the year 5138, so no real seconds value is mistaken.
 fn timestamp_of(v: Option<&Value>) -> i64 {
-    v.and_then(int_of).unwrap_or(0)
+    let t = v.and_then(int_of).unwrap_or(0);
+    if t > 100_000_000_000 {
+        t / 1000
+    } else {
+        t
+    }
 }
 
 /// Webhooks write `en-US`, sends and the Graph API `en_US`.
@@ -682,7 +708,7 @@ pub fn normalise_language(lang: &str) -> String {
     lang.trim().replace('-', "_")
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

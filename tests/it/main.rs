@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod campaigns;
 mod crash;
+mod gupshup;
 mod helpers;
 mod import;
 mod inbox;

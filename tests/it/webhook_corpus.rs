@@ -223,3 +223,83 @@ fn corpus_known_files() {
     assert_eq!(m.from, None);
     assert!(m.from_user_id.is_some());
 }
+
+/// Every Gupshup payload of the corpus (v2 and v3) parses with the Gupshup parser, and the known
+/// ones yield the correlation ids the inbox relies on.
+#[test]
+fn corpus_gupshup_payloads() {
+    use tiercast::webhook::parse_gupshup_webhook;
+    let dir = corpus_dir().join("gupshup");
+    if !dir.is_dir() {
+        eprintln!("NOTICE: gupshup corpus not found; skipping");
+        return;
+    }
+    let mut files = Vec::new();
+    walk(&dir, &mut files);
+    files.sort();
+    let mut events = 0;
+    for p in &files {
+        let body = std::fs::read(p).unwrap();
+        let hook = parse_gupshup_webhook(&body).unwrap_or_else(|e| panic!("{}: {e}", rel(&dir, p)));
+        assert!(!hook.events.is_empty(), "{}: no events", rel(&dir, p));
+        events += hook.events.len();
+    }
+    assert!(files.len() >= 15, "only {} gupshup files", files.len());
+    println!("gupshup corpus: {} files, {events} events", files.len());
+
+    let load = |name: &str| {
+        parse_gupshup_webhook(&std::fs::read(dir.join(name)).unwrap())
+            .unwrap()
+            .events
+    };
+    let status = |name: &str| match load(name).as_slice() {
+        [MetaEvent::Status(s)] => s.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    // Sync failure without gsId: keyed on `id`, Gupshup's own (unknown) code kept.
+    let s = status("glific_test__failed_9999_low_balance.json");
+    assert_eq!(s.wamid, "0d02808d-709c-4724-89bf-e092298696c6");
+    assert_eq!(
+        (s.status.clone(), s.errors[0].code),
+        (MessageStatus::Failed, 9999)
+    );
+    // Async failure: keyed on gsId, the other id kept as alias.
+    let s = status("glific_test__failed_131026_undeliverable.json");
+    assert_eq!(s.wamid, "a075f0c0-dd7d-48ef-923c-805af416a59b");
+    assert_eq!(s.alt_id.as_deref(), Some("034eQpfQs6K6e5qejugoEJ"));
+    assert_eq!(s.errors[0].code, 131026);
+    let s = status("phpunit_MessageEventTest__enqueued.json");
+    assert_eq!(s.wamid, "59f8db90-c37e-4408-90ab-cc54ef8246ad");
+    assert_eq!(s.alt_id.as_deref(), Some("gBEGkYaYVSEEAgkD7bRi9syGnBk"));
+    let s = status("phpunit_MessageEventTest__read.json");
+    assert_eq!(
+        (s.wamid.as_str(), s.status.clone(), s.timestamp),
+        (
+            "ee4a68a0-1203-4c85-8dc3-49d0b3226a35",
+            MessageStatus::Read,
+            1585344602
+        )
+    );
+    // v3: the same message as the v2 `sent` of the same page, keyed the same way.
+    let v2 = status("docs_bsuid__v2_message_event_sent_pmp_userId.json");
+    let v3 = status("docs_bsuid__v3_meta_format_status_sent_gs_extras.json");
+    assert_eq!(v2.wamid, "793df8da-2283-4774-a861-c2ffbae83823");
+    assert_eq!(v3.wamid, v2.wamid);
+    assert_eq!(
+        v3.alt_id.as_deref(),
+        Some("wamid.HBgMOTE3NTA2MDgwNDgwFQIAERgSRUJFMTZDNjI5NjEyNUFBMDM0AA==")
+    );
+    match load("docs_bsuid__v2_inbound_message_text.json").as_slice() {
+        [MetaEvent::Inbound(m)] => {
+            assert_eq!(m.from.as_deref(), Some("917506080480"));
+            assert_eq!(m.from_user_id.as_deref(), Some("IN.1648738043044942"));
+            assert_eq!(
+                m.kind,
+                InboundKind::Text {
+                    body: "Hello partner portal".into()
+                }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -359,11 +359,15 @@ impl Store {
 
     /// [`Store::settle_accepted`] for many attempts in one transaction (see `settle.rs`).
     pub async fn settle_accepted_many(&self, settles: &[&Settle]) -> StoreResult<Vec<bool>> {
-        let mut tx = self.pool.begin().await?;
-        let mut moved = Vec::with_capacity(settles.len());
-        for s in settles {
-            moved.push(
-                settle_accepted_in(
+        // Rows locked in attempt order, like every batch (see `apply_statuses`).
+        let mut order: Vec<usize> = (0..settles.len()).collect();
+        order.sort_by_key(|i| settles[*i].attempt_id);
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let mut moved = vec![false; settles.len()];
+            for &i in &order {
+                let s = settles[i];
+                moved[i] = settle_accepted_in(
                     &mut tx,
                     s.attempt_id,
                     &s.wamid,
@@ -371,11 +375,12 @@ impl Store {
                     s.now,
                     s.response_deadline,
                 )
-                .await?,
-            );
-        }
-        tx.commit().await?;
-        Ok(moved)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(moved)
+        })
+        .await
     }
 
     /// Records a failed send and moves the row as `action` says.
@@ -548,27 +553,37 @@ impl Store {
         &self,
         updates: &[(StatusUpdate<'_>, Millis)],
     ) -> StoreResult<Vec<AppliedStatus>> {
-        let mut out = Vec::with_capacity(updates.len());
+        retry_deadlocks(|| self.apply_statuses_once(updates)).await
+    }
+
+    async fn apply_statuses_once(
+        &self,
+        updates: &[(StatusUpdate<'_>, Millis)],
+    ) -> StoreResult<Vec<AppliedStatus>> {
+        let mut out = vec![AppliedStatus::default(); updates.len()];
         let mut tx = self.pool.begin().await?;
-        for (update, response_deadline) in updates {
-            if let Some(attempt_id) = update.attempt_id {
-                settle_accepted_in(
-                    &mut tx,
-                    attempt_id,
-                    update.wamid,
-                    None,
-                    update.at,
-                    *response_deadline,
-                )
-                .await?;
-            }
+        // Concurrent batches (PostgreSQL, several webhook POSTs and the settle writer) lock
+        // rows in one global order — settles by attempt id, then statuses by wamid — so they
+        // wait for each other instead of deadlocking.
+        let mut settles: Vec<(i64, &str, Millis, Millis)> = updates
+            .iter()
+            .filter_map(|(u, deadline)| u.attempt_id.map(|a| (a, u.wamid, u.at, *deadline)))
+            .collect();
+        settles.sort_by_key(|s| s.0);
+        for (attempt_id, wamid, at, deadline) in settles {
+            settle_accepted_in(&mut tx, attempt_id, wamid, None, at, deadline).await?;
+        }
+        let mut order: Vec<usize> = (0..updates.len()).collect();
+        order.sort_by(|a, b| updates[*a].0.wamid.cmp(updates[*b].0.wamid));
+        for i in order {
+            let update = &updates[i].0;
             let rank = status_rank(update.status);
             if rank < 0 {
                 // A word of no step we track: nothing to apply, nothing to look for.
-                out.push(AppliedStatus {
+                out[i] = AppliedStatus {
                     advanced: None,
                     known: true,
-                });
+                };
                 continue;
             }
             let time_column = match update.status {
@@ -593,10 +608,12 @@ impl Store {
             }
             let moved = q.fetch_optional(&mut *tx).await?;
             match moved {
-                Some(row) => out.push(AppliedStatus {
-                    advanced: Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
-                    known: true,
-                }),
+                Some(row) => {
+                    out[i] = AppliedStatus {
+                        advanced: Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
+                        known: true,
+                    }
+                }
                 None => {
                     // A duplicate or late status of a campaign row, or not a campaign
                     // template: perhaps a text or recontact sent from the inbox.
@@ -615,10 +632,10 @@ impl Store {
                         .await?
                         .rows_affected()
                             > 0;
-                    out.push(AppliedStatus {
+                    out[i] = AppliedStatus {
                         advanced: None,
                         known,
-                    });
+                    };
                 }
             }
         }
@@ -790,4 +807,25 @@ async fn settle_accepted_in(
     .execute(&mut **tx)
     .await?;
     Ok(moved > 0)
+}
+
+/// Runs a write transaction again when PostgreSQL chose it as a deadlock victim (40P01): the
+/// whole transaction was rolled back, so a second run is safe. Up to three tries.
+async fn retry_deadlocks<T, F, Fut>(mut run: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match run().await {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if tries < 2 && e.code().as_deref() == Some("40P01") =>
+            {
+                tries += 1;
+                tracing::debug!(tries, "deadlock victim; running the batch again");
+            }
+            other => return other,
+        }
+    }
 }

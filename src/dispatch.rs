@@ -7,7 +7,7 @@
 //!   throughput limiter (GCRA, burst 1) ─▶ render (CompiledMapping) ─▶ provider.send_template
 //!        │ accepted → pending                    │ error → classify (domain::error_class)
 //!        ▼                                       ▼
-//!   settle_accepted                 requeue / retry / close / pause campaign / unknown
+//!   settle (group commit)           requeue / retry / close / pause campaign / unknown
 //! ```
 //!
 //! No database transaction is open during the HTTP call. [`Dispatcher::dispatch_once`] is the

@@ -1,6 +1,7 @@
-//! Group commit of accepted sends. Each accepted template must be recorded (`settle_accepted`)
-//! before its send counts as done; with many sends in flight, their answers arrive together,
-//! so one writer task records whatever has queued up in one transaction instead of one
+//! Group commit of accepted sends. Each accepted template must be recorded
+//! (`Store::settle_accepted_many`) before its send counts as done. With many sends in flight
+//! their answers arrive together, so one writer task records whatever has queued up in one
+//! transaction instead of one
 //! transaction each. A send still waits for its own record to be committed: the guarantee
 //! is unchanged (until then the attempt is `sending`, and a crash leaves it to the status
 //! webhook or reconcile, SPEC §2 rule 7).

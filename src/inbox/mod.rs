@@ -420,10 +420,11 @@ impl Inbox {
             }
         }
         for (ev, a) in events.iter().zip(&applied) {
-            let gupshup = self
-                .config_line(&ev.phone_number_id)
-                .is_some_and(|l| l.provider == ProviderKind::Gupshup);
-            if !a.known && gupshup {
+            let gupshup = || {
+                self.config_line(&ev.phone_number_id)
+                    .is_some_and(|l| l.provider == ProviderKind::Gupshup)
+            };
+            if !a.known && gupshup() {
                 self.retry_unmatched(ev);
             }
         }

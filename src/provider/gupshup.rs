@@ -20,7 +20,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 
-use super::{Accepted, CreatedTemplate, Provider, SendError, TemplateMessage};
+use super::{
+    error_chain, http_error, transport_error, Accepted, CreatedTemplate, Provider, SendError,
+    TemplateMessage,
+};
 use crate::domain::template::{
     ButtonKind, ComponentKind, HeaderFormat, ParameterFormat, TemplateButton, TemplateComponent,
     TemplateDef,
@@ -97,7 +100,6 @@ impl fmt::Debug for GupshupClient {
     }
 }
 
-const SNIPPET_CHARS: usize = 200;
 static APIKEY: HeaderName = HeaderName::from_static("apikey");
 
 impl GupshupClient {
@@ -309,34 +311,6 @@ fn parse_send_answer(status: StatusCode, body: &[u8]) -> Result<Accepted, SendEr
         // A 2xx without an id may still mean "submitted": ambiguous, never resent blindly.
         None => Err(http_error(status, body)),
     }
-}
-
-fn http_error(status: StatusCode, body: &[u8]) -> SendError {
-    let text = String::from_utf8_lossy(body);
-    SendError::Http {
-        status: status.as_u16(),
-        body_snippet: text.chars().take(SNIPPET_CHARS).collect(),
-    }
-}
-
-fn transport_error(e: reqwest::Error) -> SendError {
-    let not_sent = e.is_connect() || e.is_builder();
-    SendError::Transport {
-        message: error_chain(&e),
-        timeout: e.is_timeout(),
-        maybe_sent: !not_sent,
-    }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// E.164 digits without `+` or spaces, as every Gupshup number field wants.

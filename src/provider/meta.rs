@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::{Accepted, AccountLimits, CreatedTemplate, Provider, SendError, TemplateMessage};
+use super::{
+    error_chain, http_error, transport_error, Accepted, AccountLimits, CreatedTemplate, Provider,
+    SendError, TemplateMessage,
+};
 use crate::domain::template::TemplateDef;
 
 /// Settings of one Meta line.
@@ -92,7 +95,6 @@ const TEMPLATE_FIELDS: &str =
     "id,name,language,status,category,previous_category,components,parameter_format,quality_score,rejected_reason";
 /// A WABA holds at most 6,000 templates, i.e. 60 pages of 100: this only stops a looping fake.
 const MAX_TEMPLATE_PAGES: usize = 1000;
-const SNIPPET_CHARS: usize = 200;
 /// Fields asked of the phone number for tier tracking (reference §4.1, §4.2).
 const LIMIT_FIELDS: &str =
     "whatsapp_business_manager_messaging_limit,messaging_limit_tier,throughput";
@@ -360,37 +362,6 @@ fn error_from_answer(status: StatusCode, body: &[u8]) -> SendError {
         },
         Err(_) => http_error(status, body),
     }
-}
-
-fn http_error(status: StatusCode, body: &[u8]) -> SendError {
-    let text = String::from_utf8_lossy(body);
-    SendError::Http {
-        status: status.as_u16(),
-        body_snippet: text.chars().take(SNIPPET_CHARS).collect(),
-    }
-}
-
-fn transport_error(e: reqwest::Error) -> SendError {
-    // Only a failure to connect (or to build the request) proves nothing left this process;
-    // anything later may have reached Meta, so it must be reconciled, not blindly resent.
-    let not_sent = e.is_connect() || e.is_builder();
-    SendError::Transport {
-        message: error_chain(&e),
-        timeout: e.is_timeout(),
-        maybe_sent: !not_sent,
-    }
-}
-
-/// `e: source: source…`: reqwest's own message hides the useful cause (timeout, reset…).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 impl Provider for MetaClient {

@@ -231,6 +231,41 @@ impl Provider for LineProvider {
     }
 }
 
+/// Longest part of an unreadable answer body kept in an error.
+const SNIPPET_CHARS: usize = 200;
+
+/// An HTTP answer without a provider error body (a proxy page, an unreadable 2xx…).
+pub(crate) fn http_error(status: reqwest::StatusCode, body: &[u8]) -> SendError {
+    let text = String::from_utf8_lossy(body);
+    SendError::Http {
+        status: status.as_u16(),
+        body_snippet: text.chars().take(SNIPPET_CHARS).collect(),
+    }
+}
+
+pub(crate) fn transport_error(e: reqwest::Error) -> SendError {
+    // Only a failure to connect (or to build the request) proves nothing left this process;
+    // anything later may have reached the provider, so it must be reconciled, not resent.
+    let not_sent = e.is_connect() || e.is_builder();
+    SendError::Transport {
+        message: error_chain(&e),
+        timeout: e.is_timeout(),
+        maybe_sent: !not_sent,
+    }
+}
+
+/// `e: source: source…`: reqwest's own message hides the useful cause (timeout, reset…).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

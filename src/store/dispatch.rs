@@ -327,25 +327,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The provider accepted the message (from the HTTP answer, or from a status webhook that
-    /// named the attempt first). Idempotent: returns false if the attempt was settled already.
-    /// A new message (another wamid, i.e. a retry after a `failed` status) starts its status
-    /// afresh: the old `failed` would otherwise outrank every status of the new one.
-    pub async fn settle_accepted(
-        &self,
-        attempt_id: i64,
-        wamid: &str,
-        wa_id: Option<&str>,
-        now: Millis,
-        response_deadline: Millis,
-    ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let moved =
-            settle_accepted_in(&mut tx, attempt_id, wamid, wa_id, now, response_deadline).await?;
-        tx.commit().await?;
-        Ok(moved)
-    }
-
     /// How many earlier sends of this attempt's row met the pair rate limit (131056).
     pub async fn pair_rate_hits(&self, attempt_id: i64) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(
@@ -357,7 +338,8 @@ impl Store {
         .await?)
     }
 
-    /// [`Store::settle_accepted`] for many attempts in one transaction (see `settle.rs`).
+    /// Records accepted sends (from the HTTP answers; `settle.rs` groups them) in one
+    /// transaction. See [`settle_accepted_in`].
     pub async fn settle_accepted_many(&self, settles: &[&Settle]) -> StoreResult<Vec<bool>> {
         // Rows locked in attempt order, like every batch (see `apply_statuses`).
         let mut order: Vec<usize> = (0..settles.len()).collect();
@@ -773,7 +755,10 @@ impl Store {
     }
 }
 
-/// [`Store::settle_accepted`] inside the caller's transaction (a webhook's batch of statuses).
+/// The provider accepted the message (from the HTTP answer, or from a status webhook that
+/// named the attempt first). Idempotent: false if the attempt was settled already. A new
+/// message (another wamid, i.e. a retry after a `failed` status) starts its status afresh:
+/// the old `failed` would otherwise outrank every status of the new one.
 async fn settle_accepted_in(
     tx: &mut Transaction<'static, Any>,
     attempt_id: i64,

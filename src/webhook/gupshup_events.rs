@@ -15,8 +15,8 @@
 use serde_json::{Map, Value};
 
 use super::meta_events::{
-    normalise_language, parse_meta_webhook, ApiErrorInfo, InboundKind, InboundMessage,
-    MessageStatus, MetaEvent, StatusEvent, WebhookParseError,
+    float_of, int_of, normalise_language, parse_meta_webhook, string_of, ApiErrorInfo, InboundKind,
+    InboundMessage, MessageStatus, MetaEvent, StatusEvent, WebhookParseError,
 };
 
 /// A parsed Gupshup callback and who it says it is for.
@@ -317,31 +317,6 @@ fn account_event(p: &Map<String, Value>, kind: &str) -> MetaEvent {
             throughput_level: None,
         },
         _ => unhandled(kind, p),
-    }
-}
-
-fn string_of(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn int_of(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn float_of(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
     }
 }
 

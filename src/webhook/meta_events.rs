@@ -664,7 +664,7 @@ fn array(v: Option<&Value>) -> &[Value] {
 }
 
 /// Strings as-is, numbers and booleans as their text (ids arrive both ways); null/objects: None.
-fn string_of(v: Option<&Value>) -> Option<String> {
+pub(crate) fn string_of(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -673,7 +673,7 @@ fn string_of(v: Option<&Value>) -> Option<String> {
     }
 }
 
-fn int_of(v: &Value) -> Option<i64> {
+pub(crate) fn int_of(v: &Value) -> Option<i64> {
     match v {
         Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
         Value::String(s) => s.trim().parse().ok(),
@@ -681,7 +681,7 @@ fn int_of(v: &Value) -> Option<i64> {
     }
 }
 
-fn float_of(v: &Value) -> Option<f64> {
+pub(crate) fn float_of(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::String(s) => s.trim().parse().ok(),

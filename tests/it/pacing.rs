@@ -236,7 +236,7 @@ async fn two_lines_share_one_budget_and_the_api_sets_the_tier(db: TestDb) {
     // Meta now reports 2K; the next read (after tier_refresh) takes it and frees the rest.
     sim.set_messaging_limit("TIER_2K", false);
     clock.advance(Duration::from_secs(10 * 60 + 1));
-    wait_until("the tier read from the API", async || {
+    let source = wait_until("the tier read from the API", async || {
         let u = daemon
             .store
             .tier_usage("acme", clock.now_millis())
@@ -245,10 +245,8 @@ async fn two_lines_share_one_budget_and_the_api_sets_the_tier(db: TestDb) {
             .unwrap();
         (u.limit == Some(2000)).then_some(u.source)
     })
-    .await
-    .eq("api")
-    .then_some(())
-    .expect("source recorded as api");
+    .await;
+    assert_eq!(source, "api");
     wait_until("everyone sent", async || {
         let a = status(&daemon, &clock, &cfg, "a").await;
         let b = status(&daemon, &clock, &cfg, "b").await;

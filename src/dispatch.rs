@@ -144,7 +144,7 @@ impl Dispatcher {
                     .close_unsent(row.id, Outcome::Expired, now)
                     .await?;
             }
-            if self.store.open_rows(row.id).await? == 0 {
+            if !self.store.has_open_rows(row.id).await? {
                 if self
                     .store
                     .transition_campaign(

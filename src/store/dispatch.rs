@@ -17,7 +17,7 @@ use crate::clock::Millis;
 use crate::domain::Outcome;
 use sqlx::any::Any;
 use sqlx::{Row, Transaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
 pub const AWAITING_RETRY_RUN: Millis = i64::MAX / 4;
@@ -341,26 +341,24 @@ impl Store {
     /// Records accepted sends (from the HTTP answers; `settle.rs` groups them) in one
     /// transaction. See [`settle_accepted_in`].
     pub async fn settle_accepted_many(&self, settles: &[&Settle]) -> StoreResult<Vec<bool>> {
-        // Rows locked in attempt order, like every batch (see `apply_statuses`).
-        let mut order: Vec<usize> = (0..settles.len()).collect();
-        order.sort_by_key(|i| settles[*i].attempt_id);
+        let rows: Vec<SettleRow<'_>> = settles
+            .iter()
+            .map(|s| SettleRow {
+                attempt_id: s.attempt_id,
+                wamid: &s.wamid,
+                wa_id: s.wa_id.as_deref(),
+                now: s.now,
+                response_deadline: s.response_deadline,
+            })
+            .collect();
         retry_deadlocks(|| async {
             let mut tx = self.pool.begin().await?;
-            let mut moved = vec![false; settles.len()];
-            for &i in &order {
-                let s = settles[i];
-                moved[i] = settle_accepted_in(
-                    &mut tx,
-                    s.attempt_id,
-                    &s.wamid,
-                    s.wa_id.as_deref(),
-                    s.now,
-                    s.response_deadline,
-                )
-                .await?;
-            }
+            let moved = self.settle_accepted_in(&mut tx, &rows).await?;
             tx.commit().await?;
-            Ok(moved)
+            Ok(settles
+                .iter()
+                .map(|s| moved.contains(s.wamid.as_str()))
+                .collect())
         })
         .await
     }
@@ -544,85 +542,160 @@ impl Store {
     ) -> StoreResult<Vec<AppliedStatus>> {
         let mut out = vec![AppliedStatus::default(); updates.len()];
         let mut tx = self.pool.begin().await?;
-        // Concurrent batches (PostgreSQL, several webhook POSTs and the settle writer) lock
-        // rows in one global order — settles by attempt id, then statuses by wamid — so they
-        // wait for each other instead of deadlocking.
-        let mut settles: Vec<(i64, &str, Millis, Millis)> = updates
+        // A status naming an attempt still in flight settles it first, once per attempt.
+        let mut seen = HashSet::new();
+        let mut settles: Vec<SettleRow<'_>> = updates
             .iter()
-            .filter_map(|(u, deadline)| u.attempt_id.map(|a| (a, u.wamid, u.at, *deadline)))
+            .filter_map(|(u, deadline)| {
+                let attempt_id = u.attempt_id.filter(|a| seen.insert(*a))?;
+                Some(SettleRow {
+                    attempt_id,
+                    wamid: u.wamid,
+                    wa_id: None,
+                    now: u.at,
+                    response_deadline: *deadline,
+                })
+            })
             .collect();
-        settles.sort_by_key(|s| s.0);
-        for (attempt_id, wamid, at, deadline) in settles {
-            settle_accepted_in(&mut tx, attempt_id, wamid, None, at, deadline).await?;
-        }
-        let mut order: Vec<usize> = (0..updates.len()).collect();
-        order.sort_by(|a, b| updates[*a].0.wamid.cmp(updates[*b].0.wamid));
-        for i in order {
-            let update = &updates[i].0;
-            let rank = status_rank(update.status);
-            if rank < 0 {
+        settles.sort_by_key(|s| s.attempt_id);
+        self.settle_accepted_in(&mut tx, &settles).await?;
+
+        // One multi-row UPDATE per status word, lowest rank first, so sent → delivered → read
+        // of one message all apply whatever order they came in.
+        let mut by_rank: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (i, (u, _)) in updates.iter().enumerate() {
+            match status_rank(u.status) {
                 // A word of no step we track: nothing to apply, nothing to look for.
-                out[i] = AppliedStatus {
-                    advanced: None,
-                    known: true,
-                };
+                r if r < 0 => out[i].known = true,
+                r => by_rank.entry(r).or_default().push(i),
+            }
+        }
+        let mut wamids: Vec<&str> = by_rank
+            .values()
+            .flatten()
+            .map(|i| updates[*i].0.wamid)
+            .collect();
+        wamids.sort_unstable();
+        wamids.dedup();
+        for chunk in wamids.chunks(STATUS_CHUNK) {
+            self.lock_in_order(&mut tx, "hopper", "wamid", LockKeys::Texts(chunk))
+                .await?;
+        }
+        let mut in_hopper: HashSet<String> = HashSet::new();
+        for (rank, indices) in &by_rank {
+            for chunk in indices.chunks(STATUS_CHUNK) {
+                self.apply_status_chunk(&mut tx, *rank, updates, chunk, &mut out, &mut in_hopper)
+                    .await?;
+            }
+        }
+
+        // Not moved: a duplicate or late status of a campaign row, or not a campaign template
+        // (perhaps a text or recontact sent from the inbox).
+        let unmoved: Vec<&str> = {
+            let mut w: Vec<&str> = by_rank
+                .values()
+                .flatten()
+                .map(|i| updates[*i].0.wamid)
+                .filter(|w| !in_hopper.contains(*w))
+                .collect();
+            w.sort_unstable();
+            w.dedup();
+            w
+        };
+        for chunk in unmoved.chunks(STATUS_CHUNK) {
+            let sql = self.bulk_sql(format!(
+                "SELECT wamid FROM hopper WHERE wamid IN ({})",
+                placeholders(1, chunk.len())
+            ));
+            let mut q = sqlx::query(&sql);
+            for w in chunk {
+                q = q.bind(*w);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                in_hopper.insert(row.try_get(0)?);
+            }
+        }
+        for i in by_rank.values().flatten() {
+            if out[*i].advanced.is_some() {
                 continue;
             }
-            let time_column = match update.status {
-                "delivered" => ", delivered_at = COALESCE(delivered_at, $3)",
-                "read" => {
-                    ", read_at = COALESCE(read_at, $3), delivered_at = COALESCE(delivered_at, $3)"
-                }
-                "failed" => ", last_error_code = $5, last_error_text = $6",
-                _ => "",
-            };
-            let sql = format!(
-                "UPDATE hopper SET message_status = $2, updated_at = $3 {time_column} \
-                 WHERE wamid = $1 AND {RANK_SQL} < $4 RETURNING id, campaign_id, contact_id"
-            );
-            let mut q = sqlx::query(&sql)
+            let update = &updates[*i].0;
+            out[*i].known = in_hopper.contains(update.wamid)
+                || sqlx::query(
+                    "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'",
+                )
                 .bind(update.wamid)
                 .bind(update.status)
-                .bind(update.at)
-                .bind(rank);
-            if update.status == "failed" {
-                q = q.bind(update.error_code).bind(update.error_text);
-            }
-            let moved = q.fetch_optional(&mut *tx).await?;
-            match moved {
-                Some(row) => {
-                    out[i] = AppliedStatus {
-                        advanced: Some((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)),
-                        known: true,
-                    }
-                }
-                None => {
-                    // A duplicate or late status of a campaign row, or not a campaign
-                    // template: perhaps a text or recontact sent from the inbox.
-                    let in_hopper: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM hopper WHERE wamid = $1 LIMIT 1")
-                            .bind(update.wamid)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let known = in_hopper.is_some()
-                        || sqlx::query(
-                            "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'",
-                        )
-                        .bind(update.wamid)
-                        .bind(update.status)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                            > 0;
-                    out[i] = AppliedStatus {
-                        advanced: None,
-                        known,
-                    };
-                }
-            }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0;
         }
         tx.commit().await?;
         Ok(out)
+    }
+
+    /// Applies statuses of one word (`rank`) to the campaign rows they name, in one
+    /// statement; a row moves only forward. Marks in `out` which moved, and notes their wamids
+    /// in `in_hopper`.
+    async fn apply_status_chunk(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rank: i64,
+        updates: &[(StatusUpdate<'_>, Millis)],
+        chunk: &[usize],
+        out: &mut [AppliedStatus],
+        in_hopper: &mut HashSet<String>,
+    ) -> StoreResult<()> {
+        // A message named twice in one POST: the first one applies, the copy cannot move it.
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(chunk.len());
+        let rows: Vec<usize> = chunk
+            .iter()
+            .copied()
+            .filter(|i| first.insert(updates[*i].0.wamid, *i).is_none())
+            .collect();
+        let status = updates[rows[0]].0.status;
+        let failed = status == "failed";
+        let set_more = match status {
+            "delivered" => ", delivered_at = COALESCE(hopper.delivered_at, v.at)",
+            "read" => {
+                ", read_at = COALESCE(hopper.read_at, v.at), delivered_at = COALESCE(hopper.delivered_at, v.at)"
+            }
+            "failed" => ", last_error_code = v.code, last_error_text = v.text",
+            _ => "",
+        };
+        let (columns, names) = if failed {
+            (4, "wamid, at, code, text")
+        } else {
+            (2, "wamid, at")
+        };
+        // `status` is one of the words `status_rank` knows, so it is safe to inline.
+        let sql = self.bulk_sql(format!(
+            "WITH v ({names}) AS (VALUES {}) \
+             UPDATE hopper SET message_status = '{status}', updated_at = v.at {set_more} \
+             FROM v WHERE hopper.wamid = v.wamid AND {RANK_SQL} < {rank} \
+             RETURNING hopper.wamid, hopper.id, hopper.campaign_id, hopper.contact_id",
+            value_rows(rows.len(), columns, 1)
+        ));
+        let mut q = sqlx::query(&sql);
+        for i in &rows {
+            let u = &updates[*i].0;
+            q = q.bind(u.wamid).bind(u.at);
+            if failed {
+                q = q.bind(u.error_code).bind(u.error_text);
+            }
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            let wamid: String = row.try_get(0)?;
+            if let Some(i) = first.get(wamid.as_str()) {
+                out[*i] = AppliedStatus {
+                    advanced: Some((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)),
+                    known: true,
+                };
+            }
+            in_hopper.insert(wamid);
+        }
+        Ok(())
     }
 
     /// The campaign row a message belongs to, for the follow-up of a `failed` status.
@@ -730,14 +803,18 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Rows that can still move: unsent, in flight, or waiting for an answer.
-    pub async fn open_rows(&self, campaign_id: i64) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND state <> 'closed'",
+    /// Whether a row can still move: unsent, in flight, or waiting for an answer. Asked every
+    /// half second per running campaign, so it stops at the first such row (through the
+    /// partial indexes on unsent and pending rows) instead of counting them all.
+    pub async fn has_open_rows(&self, campaign_id: i64) -> StoreResult<bool> {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM hopper WHERE campaign_id = $1 AND state IN ('fresh', 'retry')) \
+               OR EXISTS (SELECT 1 FROM hopper WHERE state = 'pending' AND campaign_id = $1) THEN 1 ELSE 0 END",
         )
         .bind(campaign_id)
         .fetch_one(&self.pool)
-        .await?)
+        .await?;
+        Ok(open == 1)
     }
 }
 
@@ -755,43 +832,133 @@ impl Store {
     }
 }
 
-/// The provider accepted the message (from the HTTP answer, or from a status webhook that
-/// named the attempt first). Idempotent: false if the attempt was settled already. A new
-/// message (another wamid, i.e. a retry after a `failed` status) starts its status afresh:
-/// the old `failed` would otherwise outrank every status of the new one.
-async fn settle_accepted_in(
-    tx: &mut Transaction<'static, Any>,
+/// One accepted send to record (see [`Store::settle_accepted_in`]).
+#[derive(Debug, Clone, Copy)]
+struct SettleRow<'a> {
     attempt_id: i64,
-    wamid: &str,
-    wa_id: Option<&str>,
+    wamid: &'a str,
+    wa_id: Option<&'a str>,
     now: Millis,
     response_deadline: Millis,
-) -> StoreResult<bool> {
-    let moved = sqlx::query(
-        "UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = $2, wa_id = COALESCE($3, wa_id), \
-           inflight_attempt_id = NULL, sent_at = $4, \
-           message_status = CASE WHEN wamid = $2 THEN COALESCE(message_status, 'accepted') ELSE 'accepted' END, \
-               response_deadline = $5, last_error_code = NULL, last_error_text = NULL, updated_at = $4 \
-             WHERE inflight_attempt_id = $1",
-        )
-        .bind(attempt_id)
-        .bind(wamid)
-        .bind(wa_id)
-        .bind(now)
-        .bind(response_deadline)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    sqlx::query(
-        "UPDATE attempts SET status = 'accepted', wamid = $2, finished_at = $3 \
-             WHERE id = $1 AND status IN ('sending', 'unknown')",
-    )
-    .bind(attempt_id)
-    .bind(wamid)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(moved > 0)
+}
+
+/// The keys of the rows [`Store::lock_in_order`] locks.
+#[derive(Clone, Copy)]
+enum LockKeys<'a> {
+    Ids(&'a [i64]),
+    Texts(&'a [&'a str]),
+}
+
+impl LockKeys<'_> {
+    fn len(&self) -> usize {
+        match self {
+            LockKeys::Ids(k) => k.len(),
+            LockKeys::Texts(k) => k.len(),
+        }
+    }
+}
+
+/// Rows per multi-row statement: 5 parameters each stays far below both backends' limits.
+const SETTLE_CHUNK: usize = 500;
+
+/// Statuses per multi-row statement (4 parameters each at most).
+const STATUS_CHUNK: usize = 500;
+
+impl Store {
+    /// The provider accepted these messages (from the HTTP answers, or from status webhooks
+    /// that named the attempts first). Idempotent: returns the wamids whose rows moved to
+    /// `pending`; an attempt settled already moves nothing. A new message (another wamid, i.e.
+    /// a retry after a `failed` status) starts its status afresh: the old `failed` would
+    /// otherwise outrank every status of the new one.
+    ///
+    /// Two multi-row statements per chunk (`UPDATE … FROM` a `VALUES` list) instead of two per
+    /// row: with SQLite's single connection each statement is a round trip to its thread.
+    /// `rows` must name each attempt once.
+    async fn settle_accepted_in<'r>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        rows: &[SettleRow<'r>],
+    ) -> StoreResult<HashSet<&'r str>> {
+        let mut moved = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(SETTLE_CHUNK) {
+            let ids: Vec<i64> = chunk.iter().map(|r| r.attempt_id).collect();
+            self.lock_in_order(tx, "hopper", "inflight_attempt_id", LockKeys::Ids(&ids))
+                .await?;
+            let sql = self.bulk_sql(format!(
+                "WITH v (attempt_id, wamid, wa_id, now, deadline) AS (VALUES {}) \
+                 UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = v.wamid, \
+                   wa_id = COALESCE(v.wa_id, hopper.wa_id), inflight_attempt_id = NULL, sent_at = v.now, \
+                   message_status = CASE WHEN hopper.wamid = v.wamid THEN COALESCE(hopper.message_status, 'accepted') ELSE 'accepted' END, \
+                   response_deadline = v.deadline, last_error_code = NULL, last_error_text = NULL, updated_at = v.now \
+                 FROM v WHERE hopper.inflight_attempt_id = v.attempt_id RETURNING hopper.wamid",
+                value_rows(chunk.len(), 5, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q
+                    .bind(r.attempt_id)
+                    .bind(r.wamid)
+                    .bind(r.wa_id)
+                    .bind(r.now)
+                    .bind(r.response_deadline);
+            }
+            for row in q.fetch_all(&mut **tx).await? {
+                let wamid: String = row.try_get(0)?;
+                if let Some(r) = chunk.iter().find(|r| r.wamid == wamid) {
+                    moved.insert(r.wamid);
+                }
+            }
+            self.lock_in_order(tx, "attempts", "id", LockKeys::Ids(&ids))
+                .await?;
+            let sql = self.bulk_sql(format!(
+                "WITH v (attempt_id, wamid, now) AS (VALUES {}) \
+                 UPDATE attempts SET status = 'accepted', wamid = v.wamid, finished_at = v.now \
+                 FROM v WHERE attempts.id = v.attempt_id AND attempts.status IN ('sending', 'unknown')",
+                value_rows(chunk.len(), 3, 1)
+            ));
+            let mut q = sqlx::query(&sql);
+            for r in chunk {
+                q = q.bind(r.attempt_id).bind(r.wamid).bind(r.now);
+            }
+            q.execute(&mut **tx).await?;
+        }
+        Ok(moved)
+    }
+
+    /// PostgreSQL: locks the rows of `table` whose `column` is in `keys`, in primary-key order,
+    /// before a multi-row UPDATE (whose own lock order follows the plan). Every batch writer
+    /// locks this way, so concurrent batches wait for each other instead of deadlocking.
+    /// SQLite has one writer at a time and needs nothing.
+    async fn lock_in_order(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        table: &str,
+        column: &str,
+        keys: LockKeys<'_>,
+    ) -> StoreResult<()> {
+        if self.backend != Backend::Postgres || keys.len() == 0 {
+            return Ok(());
+        }
+        let sql = format!(
+            "SELECT id FROM {table} WHERE {column} IN ({}) ORDER BY id FOR UPDATE",
+            placeholders(1, keys.len())
+        );
+        let mut q = sqlx::query(&sql);
+        match keys {
+            LockKeys::Ids(ids) => {
+                for id in ids {
+                    q = q.bind(*id);
+                }
+            }
+            LockKeys::Texts(texts) => {
+                for text in texts {
+                    q = q.bind(*text);
+                }
+            }
+        }
+        q.fetch_all(&mut **tx).await?;
+        Ok(())
+    }
 }
 
 /// Runs a write transaction again when PostgreSQL chose it as a deadlock victim (40P01): the

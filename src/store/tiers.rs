@@ -130,6 +130,13 @@ impl Store {
         phones: &[String],
         now: Millis,
     ) -> StoreResult<Vec<bool>> {
+        if budget.tier.limit().is_none() && budget.ramp_cap.is_none() {
+            // Unlimited: every recipient is admitted; they are still recorded (for the
+            // 24-hour use the metrics show, and in case the tier drops).
+            self.record_recipients(tx, budget, phones.iter().map(String::as_str), now)
+                .await?;
+            return Ok(vec![true; phones.len()]);
+        }
         if self.backend == Backend::Postgres {
             // Serialises reservations of one portfolio across daemons.
             sqlx::query("SELECT tier FROM portfolio_tiers WHERE portfolio = $1 FOR UPDATE")
@@ -168,7 +175,21 @@ impl Store {
             }
             admitted.push(ok);
         }
-        for chunk in reached.chunks(300) {
+        self.record_recipients(tx, budget, reached.into_iter(), now)
+            .await?;
+        Ok(admitted)
+    }
+
+    /// Notes that the portfolio reached `phones` at `now` (the 24-hour window's record).
+    async fn record_recipients<'p>(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        budget: &TierBudget,
+        phones: impl Iterator<Item = &'p str>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let phones: Vec<&str> = phones.collect();
+        for chunk in phones.chunks(300) {
             let sql = self.bulk_sql(format!(
                 "INSERT INTO tier_recipients (portfolio, phone, last_sent_at) VALUES {} \
                  ON CONFLICT (portfolio, phone) DO UPDATE SET last_sent_at = excluded.last_sent_at",
@@ -180,7 +201,7 @@ impl Store {
             }
             q.execute(&mut **tx).await?;
         }
-        Ok(admitted)
+        Ok(())
     }
 
     /// Which of `phones` the portfolio reached after `since`, and how many recipients in all.
@@ -192,7 +213,9 @@ impl Store {
         since: Millis,
     ) -> StoreResult<(HashSet<String>, i64)> {
         let sql = self.bulk_sql(format!(
-            "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at > $2 AND phone IN ({})",
+            // `+ 0` keeps the planner on the (portfolio, phone) key for these few phones
+            // instead of scanning the whole window through the last_sent_at index.
+            "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at + 0 > $2 AND phone IN ({})",
             placeholders(3, phones.len())
         ));
         let mut q = sqlx::query(&sql).bind(&budget.portfolio).bind(since);

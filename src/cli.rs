@@ -118,6 +118,10 @@ pub enum Command {
         /// Daemons on the database (more than one needs PostgreSQL)
         #[arg(long, default_value_t = 1)]
         daemons: usize,
+        /// Measure webhook ingest instead: status webhooks posted to a daemon, BATCH statuses
+        /// per POST (1 = one status each; Meta batches up to 1000)
+        #[arg(long, value_name = "BATCH")]
+        webhooks: Option<usize>,
     },
     /// Templates: fetch them from the provider, or show the synced ones
     Templates {
@@ -378,8 +382,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             contacts,
             in_flight,
+            webhooks: Some(batch),
+            ..
+        } => crate::bench::webhooks::run(crate::bench::webhooks::WebhookBenchOptions {
+            contacts,
+            database_url: cli.global.database_url.clone(),
+            in_flight,
+            batch,
+        })
+        .await
+        .map_err(CliError::Failure)?,
+        Command::Bench {
+            contacts,
+            in_flight,
             lines,
             daemons,
+            webhooks: None,
         } => crate::bench::run(crate::bench::BenchOptions {
             contacts,
             database_url: cli.global.database_url.clone(),

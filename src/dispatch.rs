@@ -19,12 +19,12 @@ use crate::config::{Campaign, Config};
 use crate::domain::error_class::{Classification, ErrorClass};
 use crate::domain::template::{CompiledMapping, ContactFields, TemplateDef};
 use crate::domain::{CampaignState, Outcome};
+use crate::group_commit::GroupCommit;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::settle::SettleQueue;
 use crate::store::{
-    ClaimGate, Claimed, FailureAction, LocalHours, Store, StoreError, AWAITING_RETRY_RUN,
+    ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError, AWAITING_RETRY_RUN,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,7 +89,7 @@ pub struct Dispatcher {
     config: Arc<Config>,
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Accepted sends are recorded in group commits.
-    settles: SettleQueue,
+    settles: GroupCommit<Settle, bool>,
 }
 
 impl Dispatcher {
@@ -107,7 +107,13 @@ impl Dispatcher {
         );
         Dispatcher {
             holder: holder.into(),
-            settles: SettleQueue::new(store.clone()),
+            settles: {
+                let store = store.clone();
+                GroupCommit::new(Arc::new(move |batch: Vec<Settle>| {
+                    let store = store.clone();
+                    Box::pin(async move { store.settle_accepted_many(&batch).await })
+                }))
+            },
             store,
             clock,
             config,
@@ -498,13 +504,13 @@ impl Dispatcher {
                 let now = self.now();
                 let deadline = now + campaign.config.response_timeout.as_millis() as Millis;
                 self.settles
-                    .settle(
-                        row.attempt_id,
-                        &accepted.wamid,
-                        accepted.wa_id.as_deref(),
+                    .write(Settle {
+                        attempt_id: row.attempt_id,
+                        wamid: accepted.wamid.clone(),
+                        wa_id: accepted.wa_id.clone(),
                         now,
-                        deadline,
-                    )
+                        response_deadline: deadline,
+                    })
                     .await?;
                 m::message_sent(line, name);
                 tracing::Span::current().record("wamid", accepted.wamid.as_str());

@@ -8,9 +8,12 @@ use crate::config::ProviderKind;
 use crate::dispatch::{failure_action, parse_callback_data};
 use crate::domain::error_class::{classify_gupshup, classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome, Tier};
+use crate::group_commit::GroupCommit;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
-use crate::store::{AppliedStatus, CategoryChange, FailureAction, StatusUpdate, Store, StoreError};
+use crate::store::{
+    AppliedStatus, CategoryChange, FailureAction, StatusRecord, StatusUpdate, Store, StoreError,
+};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
 use futures::future::BoxFuture;
 use std::collections::hash_map::Entry;
@@ -34,6 +37,8 @@ pub struct Inbox {
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Opt-out keywords, normalised (matched against the whole message).
     opt_out_keywords: Arc<Vec<String>>,
+    /// The statuses of concurrent webhook POSTs are applied in group commits.
+    status_writes: GroupCommit<Vec<StatusRecord>, Vec<AppliedStatus>>,
 }
 
 impl Inbox {
@@ -51,12 +56,21 @@ impl Inbox {
                 .map(|k| crate::domain::text::normalize(k))
                 .collect(),
         );
+        let status_writes = {
+            let store = store.clone();
+            GroupCommit::new(Arc::new(move |posts: Vec<Vec<StatusRecord>>| {
+                let store = store.clone();
+                Box::pin(async move { store.apply_status_posts(posts).await })
+                    as BoxFuture<'static, _>
+            }))
+        };
         Inbox {
             store,
             clock,
             config,
             lines,
             opt_out_keywords,
+            status_writes,
         }
     }
 
@@ -390,7 +404,19 @@ impl Inbox {
                 deadline,
             ));
         }
-        let mut applied = self.store.apply_statuses(&updates).await?;
+        let records: Vec<StatusRecord> = updates
+            .iter()
+            .map(|(u, deadline)| StatusRecord {
+                wamid: u.wamid.to_string(),
+                attempt_id: u.attempt_id,
+                status: u.status.to_string(),
+                at: u.at,
+                error_code: u.error_code,
+                error_text: u.error_text.map(str::to_string),
+                response_deadline: *deadline,
+            })
+            .collect();
+        let mut applied = self.status_writes.write(records).await?;
         // An id we do not know may be another id of one of ours (a Gupshup report naming only
         // the WhatsApp id): looked up only on a miss, so Meta's path pays nothing.
         let mut again = Vec::new();

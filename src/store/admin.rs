@@ -38,6 +38,32 @@ pub struct OptOutRecord {
 }
 
 impl Store {
+    /// The provider's message id and the number of every sent row of a campaign (what a
+    /// status webhook names), for the webhook-ingest benchmark.
+    pub async fn sent_messages(&self, campaign_id: i64) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT h.wamid, c.phone FROM hopper h JOIN contacts c ON c.id = h.contact_id \
+             WHERE h.campaign_id = $1 AND h.wamid IS NOT NULL ORDER BY h.id",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// How many rows of a campaign have this message status.
+    pub async fn rows_with_status(&self, campaign_id: i64, status: &str) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper WHERE campaign_id = $1 AND message_status = $2",
+        )
+        .bind(campaign_id)
+        .bind(status)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Every hopper row of a contact, in every campaign, oldest load first.
     pub async fn contact_campaign_rows(
         &self,

@@ -79,6 +79,34 @@ pub struct StatusUpdate<'a> {
     pub error_text: Option<&'a str>,
 }
 
+/// An owned [`StatusUpdate`] with its row's response deadline, queued for a group commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRecord {
+    pub wamid: String,
+    pub attempt_id: Option<i64>,
+    pub status: String,
+    pub at: Millis,
+    pub error_code: Option<i64>,
+    pub error_text: Option<String>,
+    pub response_deadline: Millis,
+}
+
+impl StatusRecord {
+    pub fn as_update(&self) -> (StatusUpdate<'_>, Millis) {
+        (
+            StatusUpdate {
+                wamid: &self.wamid,
+                attempt_id: self.attempt_id,
+                status: &self.status,
+                at: self.at,
+                error_code: self.error_code,
+                error_text: self.error_text.as_deref(),
+            },
+            self.response_deadline,
+        )
+    }
+}
+
 /// An accepted send to record: the attempt, the provider's message id and the row's response
 /// deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -340,7 +368,7 @@ impl Store {
 
     /// Records accepted sends (from the HTTP answers; `settle.rs` groups them) in one
     /// transaction. See [`settle_accepted_in`].
-    pub async fn settle_accepted_many(&self, settles: &[&Settle]) -> StoreResult<Vec<bool>> {
+    pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<Vec<bool>> {
         let rows: Vec<SettleRow<'_>> = settles
             .iter()
             .map(|s| SettleRow {
@@ -529,6 +557,24 @@ impl Store {
     /// (when still in flight; the paired deadline is its response deadline), then moves the
     /// message forward unless it is already further (SPEC §2 rule 8). A status of no campaign
     /// row updates the inbox message of that wamid. One entry per update, in order.
+    /// Applies the statuses of several webhook POSTs in one transaction (see
+    /// `group_commit.rs`), answering each POST's own results.
+    pub async fn apply_status_posts(
+        &self,
+        posts: Vec<Vec<StatusRecord>>,
+    ) -> StoreResult<Vec<Vec<AppliedStatus>>> {
+        let updates: Vec<(StatusUpdate<'_>, Millis)> = posts
+            .iter()
+            .flatten()
+            .map(StatusRecord::as_update)
+            .collect();
+        let mut applied = self.apply_statuses(&updates).await?.into_iter();
+        Ok(posts
+            .iter()
+            .map(|post| applied.by_ref().take(post.len()).collect())
+            .collect())
+    }
+
     pub async fn apply_statuses(
         &self,
         updates: &[(StatusUpdate<'_>, Millis)],

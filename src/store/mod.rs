@@ -21,7 +21,7 @@ pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{
     status_rank, AppliedStatus, ClaimGate, Claimed, FailureAction, LocalHours, Settle,
-    StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
+    StatusRecord, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
 };
 pub use inbox::{
     InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,

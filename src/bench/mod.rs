@@ -2,6 +2,8 @@
 //! separate process, with the throughput limiter lifted, and the daemon's own CPU time per
 //! message (the simulator's CPU is not counted). Prints one comparable line.
 
+pub mod webhooks;
+
 use crate::campaign;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;

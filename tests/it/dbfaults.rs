@@ -1,6 +1,6 @@
 //! Database faults under a running campaign, with the real daemon against the simulator in its
-//! own process: SQLite locked by another process past the daemon's busy timeout, PostgreSQL
-//! connections killed by the server. The daemon
+//! own process: SQLite locked by another process past the daemon's busy timeout, an SQLite
+//! disk that fills up (RLIMIT_FSIZE), PostgreSQL connections killed by the server. The daemon
 //! logs the failure, keeps running, resumes once the database is back, and the simulator's
 //! ledger shows every contact sent exactly once.
 //!
@@ -96,6 +96,87 @@ async fn sqlite_locked_past_the_busy_timeout_mid_campaign_is_survived() {
         locked_at < rig.phones.len(),
         "the campaign finished before the lock; the test proves nothing"
     );
+
+    finish(&rig, &mut daemon).await;
+}
+
+/// The disk fills up under the daemon: it runs with RLIMIT_FSIZE just above the database's
+/// size (SIGXFSZ ignored, so a write past it fails with EFBIG instead of killing it), hits it
+/// mid-campaign, logs it and keeps running; once the test lifts the limit (prlimit on the
+/// running process) the campaign completes, nothing half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_disk_full_mid_campaign_is_survived() {
+    use std::os::unix::process::CommandExt;
+    let mut rig = Rig::new(RigOptions {
+        throughput_mps: 50,
+        reconcile_after: "90s",
+        ..RigOptions::default()
+    })
+    .await;
+    let size = |name: &str| {
+        std::fs::metadata(rig.dir.path().join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    // Room for a few hundred KiB of WAL: some sends are recorded, then writes fail.
+    let limit = size("crash.db").max(size("crash.db-wal")) + 256 * 1024;
+    let mut daemon = rig.start_daemon_with(move |cmd| {
+        // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    let needles = ["database or disk is full", "disk I/O error"];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = rig.daemon_log();
+        if needles.iter().any(|n| log.contains(n)) {
+            break;
+        }
+        assert!(
+            daemon.is_running(),
+            "the daemon died:\n{}",
+            daemon.log_tail()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never hit the file size limit of {limit} bytes:\n{}",
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let full_at = rig.ledger().await.len();
+    assert!(
+        full_at < rig.phones.len(),
+        "the campaign finished before the disk filled; the test proves nothing"
+    );
+    assert!(daemon.is_running(), "{}", daemon.log_tail());
+
+    let lifted = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit(2) on our own child, with a valid rlimit and no old-value pointer.
+    let rc = unsafe {
+        libc::prlimit(
+            daemon.pid() as libc::pid_t,
+            libc::RLIMIT_FSIZE,
+            &lifted,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    eprintln!("disk full at {full_at} sends of {}", rig.phones.len());
 
     finish(&rig, &mut daemon).await;
 }

@@ -631,6 +631,10 @@ async fn simulate(
             l.phone_number_id, l.waba_id, l.access_token
         );
     }
+    let faults = sim.faults();
+    if faults.any() {
+        println!("  send faults injected: {faults:?} (POST /sim/faults changes them)");
+    }
     tokio::select! {
         r = sim.serve(listener) => r?,
         _ = serve::termination() => {}

@@ -105,7 +105,11 @@ impl Store {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute(&*format!(
+                                "PRAGMA busy_timeout = {}",
+                                sqlite_busy_timeout_ms()
+                            ))
+                            .await?;
                             Ok(())
                         })
                     })
@@ -238,6 +242,15 @@ async fn release_check(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Err
         return Ok(false);
     }
     Ok(true)
+}
+
+/// How long an SQLite write waits for another process's lock before failing with "database
+/// is locked": 10 s, or `TIERCAST_SQLITE_BUSY_TIMEOUT_MS` (tests of that failure use less).
+fn sqlite_busy_timeout_ms() -> u64 {
+    std::env::var("TIERCAST_SQLITE_BUSY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
 }
 
 fn sqlite_connections() -> u32 {

@@ -63,9 +63,10 @@ async fn finish(rig: &Rig, daemon: &mut Proc) {
     );
 }
 
-/// Another process holds SQLite's write lock longer than the daemon's busy timeout (10 s):
-/// the daemon's writes fail with "database is locked", it logs them and keeps going, and once
-/// the lock is released it finishes the campaign.
+/// Another process holds SQLite's write lock longer than the daemon's busy timeout (10 s in
+/// production, 1 s here through `TIERCAST_SQLITE_BUSY_TIMEOUT_MS`): the daemon's writes fail
+/// with "database is locked", it logs them and keeps going, and once the lock is released it
+/// finishes the campaign.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_locked_past_the_busy_timeout_mid_campaign_is_survived() {
     let mut rig = Rig::new(RigOptions {
@@ -74,7 +75,9 @@ async fn sqlite_locked_past_the_busy_timeout_mid_campaign_is_survived() {
         ..RigOptions::default()
     })
     .await;
-    let mut daemon = rig.start_daemon();
+    let mut daemon = rig.start_daemon_with(|cmd| {
+        cmd.env("TIERCAST_SQLITE_BUSY_TIMEOUT_MS", "1000");
+    });
     wait_ledger(&rig, &daemon, 30).await;
 
     let mut conn = sqlx::SqliteConnection::connect(&rig.db_url).await.unwrap();

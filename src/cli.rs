@@ -104,6 +104,20 @@ pub enum Command {
         /// Delay added to every send answer, after the message is accepted, in milliseconds
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Share of sends accepted and then cut off before the answer (0.0–1.0)
+        #[arg(long, default_value_t = 0.0)]
+        fault_drop: f64,
+        /// Share of sends accepted and answered only after --fault-slow-ms
+        #[arg(long, default_value_t = 0.0)]
+        fault_slow: f64,
+        #[arg(long, default_value_t = 3000)]
+        fault_slow_ms: u64,
+        /// Share of sends refused with HTTP 500/503 (Graph code 1 or 2), not accepted
+        #[arg(long, default_value_t = 0.0)]
+        fault_5xx: f64,
+        /// Share of sends refused with HTTP 429 (Graph code 130429), not accepted
+        #[arg(long, default_value_t = 0.0)]
+        fault_429: f64,
     },
     /// Measure the sustained send rate against the simulator in a separate process
     Bench {
@@ -361,23 +375,39 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             webhook_attempts,
             webhook_backoff_max_ms,
             latency_ms,
+            fault_drop,
+            fault_slow,
+            fault_slow_ms,
+            fault_5xx,
+            fault_429,
         } => {
-            let webhooks = crate::sim::WebhookMode {
-                max_attempts: webhook_attempts.max(1),
-                retry_backoff_max: std::time::Duration::from_millis(webhook_backoff_max_ms),
-                ..crate::sim::WebhookMode::default()
+            let faults = crate::sim::SimFaults {
+                drop: fault_drop,
+                slow: fault_slow,
+                slow_ms: fault_slow_ms,
+                server_error: fault_5xx,
+                throttle: fault_429,
             };
-            let latency = std::time::Duration::from_millis(latency_ms);
-            simulate(
-                &config,
-                listen,
+            faults
+                .validate()
+                .map_err(|e| CliError::Input(format!("--fault-*: {e}")))?;
+            let base = crate::sim::SimConfig {
                 webhook_url,
-                throughput,
-                all_read,
-                webhooks,
-                latency,
-            )
-            .await?
+                fates: if all_read {
+                    crate::sim::FateMix::all_read()
+                } else {
+                    crate::sim::FateMix::default()
+                },
+                webhooks: crate::sim::WebhookMode {
+                    max_attempts: webhook_attempts.max(1),
+                    retry_backoff_max: std::time::Duration::from_millis(webhook_backoff_max_ms),
+                    ..crate::sim::WebhookMode::default()
+                },
+                latency: std::time::Duration::from_millis(latency_ms),
+                faults,
+                ..crate::sim::SimConfig::default()
+            };
+            simulate(&config, listen, throughput, base).await?
         }
         Command::Bench {
             contacts,
@@ -577,16 +607,14 @@ fn classify_start_error(e: anyhow::Error) -> CliError {
     }
 }
 
+/// `tiercast simulate`: `base` with one simulated number per simulator line of the config.
 async fn simulate(
     config: &Config,
     listen: std::net::SocketAddr,
-    webhook_url: Option<String>,
     throughput: u32,
-    all_read: bool,
-    webhooks: crate::sim::WebhookMode,
-    latency: std::time::Duration,
+    base: crate::sim::SimConfig,
 ) -> Result<(), CliError> {
-    use crate::sim::{FateMix, SimConfig, SimLine, Simulator};
+    use crate::sim::{SimConfig, SimLine, Simulator};
     let mut lines: Vec<SimLine> = config
         .lines
         .iter()
@@ -606,18 +634,9 @@ async fn simulate(
             ..SimLine::default()
         });
     }
-    let fates = if all_read {
-        FateMix::all_read()
-    } else {
-        FateMix::default()
-    };
     let sim = Simulator::new(SimConfig {
         phone_numbers: lines.clone(),
-        webhook_url,
-        fates,
-        webhooks,
-        latency,
-        ..SimConfig::default()
+        ..base
     });
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!(
@@ -629,6 +648,10 @@ async fn simulate(
             "  phone_number_id {}  waba_id {}  token {}",
             l.phone_number_id, l.waba_id, l.access_token
         );
+    }
+    let faults = sim.faults();
+    if faults.any() {
+        println!("  send faults injected: {faults:?} (POST /sim/faults changes them)");
     }
     tokio::select! {
         r = sim.serve(listener) => r?,

@@ -231,15 +231,25 @@ impl Dispatcher {
     }
 
     /// Abandons attempts whose fate stayed unknown past `reconcile_after` (their contacts
-    /// become due again).
-    pub async fn reconcile(
-        &self,
-        line: &str,
-        campaigns: &[Arc<ActiveCampaign>],
-    ) -> Result<u64, StoreError> {
-        let max: HashMap<i64, i64> = campaigns
+    /// become due again, or `exhausted` once the campaign's `max_attempts` are spent).
+    ///
+    /// `max_attempts` is read for every configured campaign of the line, not only the running
+    /// ones: a campaign paused while sends were in flight still has its attempts abandoned
+    /// here, and each one counts like any other spent attempt.
+    pub async fn reconcile(&self, line: &str) -> Result<u64, StoreError> {
+        let configured: HashMap<&str, i64> = self
+            .config
+            .campaigns
             .iter()
-            .map(|c| (c.id, i64::from(c.config.max_attempts)))
+            .filter(|c| c.line == line)
+            .map(|c| (c.name.as_str(), i64::from(c.max_attempts)))
+            .collect();
+        let max: HashMap<i64, i64> = self
+            .store
+            .campaigns()
+            .await?
+            .into_iter()
+            .filter_map(|row| configured.get(row.name.as_str()).map(|m| (row.id, *m)))
             .collect();
         let n = self.store.reconcile_stale(line, self.now(), &max).await?;
         if n > 0 {
@@ -300,7 +310,7 @@ impl Dispatcher {
         let rt = self.line(line)?;
         let mut report = PassReport::default();
         let campaigns = self.active_campaigns(line, &mut report).await?;
-        report.reconciled = self.reconcile(line, &campaigns).await?;
+        report.reconciled = self.reconcile(line).await?;
         let mut sends = JoinSet::new();
         for (campaign, row) in self.claim(&rt, &campaigns, limit).await? {
             report.claimed += 1;
@@ -717,7 +727,7 @@ impl Dispatcher {
                         campaigns.clear();
                     }
                 }
-                if let Err(e) = self.reconcile(&line, &campaigns).await {
+                if let Err(e) = self.reconcile(&line).await {
                     tracing::error!(line = %line, error = %e, "reconcile failed; retrying");
                 }
                 refreshed_at = Some(Instant::now());

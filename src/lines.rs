@@ -141,7 +141,7 @@ fn runtime(
             waba_id: waba_id.clone(),
             access_token: token.expose().to_string(),
             connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(20),
+            request_timeout: line.request_timeout,
             max_in_flight: line.max_in_flight,
         })
         .map_err(|e| ConfigError {
@@ -175,7 +175,7 @@ fn gupshup_runtime(config: &Config, line: &Line) -> Result<LineRuntime, ConfigEr
         app_id: line.app_id.clone().unwrap_or_default(),
         api_key: api_key.expose().to_string(),
         connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(20),
+        request_timeout: line.request_timeout,
         max_in_flight: line.max_in_flight,
     })
     .map_err(|e| ConfigError {

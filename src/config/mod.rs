@@ -135,6 +135,7 @@ struct RawLine {
     throughput_mps: Option<u32>,
     follow_throughput_upgrades: Option<bool>,
     max_in_flight: Option<usize>,
+    request_timeout: Option<String>,
     time_group: Option<String>,
     out_of_hours_text: Option<String>,
     recontact_template: Option<RawTemplateRef>,
@@ -313,6 +314,8 @@ pub struct Line {
     /// Raise the line to 1,000 msg/s when Meta announces a THROUGHPUT_UPGRADE.
     pub follow_throughput_upgrades: bool,
     pub max_in_flight: usize,
+    /// Whole provider request, sending to last body byte; past it the outcome is unknown.
+    pub request_timeout: Duration,
     pub time_group: Option<String>,
     pub out_of_hours_text: Option<String>,
     pub recontact_template: Option<TemplateRef>,
@@ -375,6 +378,8 @@ const DEFAULT_UPGRADE_DELAY: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_TIER_REFRESH: Duration = Duration::from_secs(3600);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_THROUGHPUT_MPS: u32 = 80;
+/// A provider request taking longer than this has an unknown outcome.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_META_API_BASE: &str = "https://graph.facebook.com/v23.0";
 const DEFAULT_GUPSHUP_API_BASE: &str = "https://api.gupshup.io";
 
@@ -875,6 +880,14 @@ impl Validator<'_> {
                 ));
             }
         }
+        let request_timeout = self.duration(
+            &format!("{key}.request_timeout"),
+            raw.request_timeout.as_deref(),
+            DEFAULT_REQUEST_TIMEOUT,
+        )?;
+        if request_timeout.is_zero() {
+            return Err(self.err(format!("{key}.request_timeout"), "must be above zero"));
+        }
         Ok(Line {
             phone_number_id: raw
                 .phone_number_id
@@ -894,6 +907,7 @@ impl Validator<'_> {
             throughput_mps,
             follow_throughput_upgrades: raw.follow_throughput_upgrades.unwrap_or(false),
             max_in_flight: raw.max_in_flight.unwrap_or(64).max(1),
+            request_timeout,
             time_group: raw.time_group,
             out_of_hours_text: raw.out_of_hours_text,
             recontact_template: raw.recontact_template.map(template_ref),

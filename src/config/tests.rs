@@ -52,6 +52,7 @@ fn defaults_apply() {
     assert!(!c.require_opt_in);
     assert_eq!(c.retry_backoff, Duration::from_secs(300));
     assert_eq!(cfg.lines[0].throughput_mps, 80);
+    assert_eq!(cfg.lines[0].request_timeout, Duration::from_secs(20));
     assert_eq!(cfg.server.database_url, DEFAULT_DATABASE_URL);
     assert_eq!(cfg.server.reconcile_after, Duration::from_secs(600));
     assert_eq!(cfg.inbox.opt_out_keywords.len(), 5);
@@ -126,6 +127,8 @@ fn value_errors() {
         ("lists = [\"l1\"]", "lists = [\"l1\"]\nstart_at = \"2026-11-23T09:00:00-03:00\"\nend_at = 2026-11-22T09:00:00Z", "campaigns[0].end_at"),
         ("lists = [\"l1\"]", "lists = [\"l1\"]\nmax_attempts = 0", "campaigns[0].max_attempts"),
         ("portfolio = \"acme\"", "portfolio = \"acme\"\nthroughput_mps = 0", "lines[0].throughput_mps"),
+        ("portfolio = \"acme\"", "portfolio = \"acme\"\nrequest_timeout = \"soon\"", "lines[0].request_timeout"),
+        ("portfolio = \"acme\"", "portfolio = \"acme\"\nrequest_timeout = \"0s\"", "lines[0].request_timeout"),
     ];
     for (from, to, key) in cases {
         let e = err(&BASE.replace(from, to));

@@ -67,6 +67,8 @@ impl IntoResponse for GraphError {
 pub fn catalogue(code: i64) -> (StatusCode, &'static str) {
     use StatusCode as S;
     match code {
+        1 => (S::INTERNAL_SERVER_ERROR, "An unknown error occurred"),
+        2 => (S::SERVICE_UNAVAILABLE, "Service temporarily unavailable"),
         100 => (S::BAD_REQUEST, "Invalid parameter"),
         190 => (S::UNAUTHORIZED, "Invalid OAuth access token"),
         130429 => (S::BAD_REQUEST, "Rate limit hit"),

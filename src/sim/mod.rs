@@ -13,6 +13,7 @@
 
 mod delivery;
 pub mod fate;
+pub mod faults;
 pub mod graph_error;
 pub mod gupshup;
 pub mod templates;
@@ -37,6 +38,7 @@ use tokio::sync::mpsc;
 use crate::clock::{Clock, SharedClock};
 use delivery::{lock, DeliveryStats, Job, Target, Tracker};
 pub use fate::{Fate, FateMix};
+pub use faults::{FaultStats, SimFaults};
 pub use graph_error::GraphError;
 pub use gupshup::{gupshup_template_id, SimGupshupApp};
 pub use templates::{
@@ -131,6 +133,8 @@ pub struct SimConfig {
     /// Gupshup apps served on `/wa/…` (the Gupshup mode); their callbacks go to each app's
     /// own callback URL, not to `webhook_url`.
     pub gupshup_apps: Vec<SimGupshupApp>,
+    /// Send-side faults at start (`POST /sim/faults` replaces them at run time).
+    pub faults: SimFaults,
 }
 
 /// Meta's pair rate limit (reference §4.3): one message per `interval` to one user, sustained,
@@ -166,6 +170,7 @@ impl Default for SimConfig {
             messaging_limit: None,
             clock: None,
             gupshup_apps: Vec::new(),
+            faults: SimFaults::default(),
         }
     }
 }
@@ -221,6 +226,8 @@ pub struct SimStats {
     pub webhook_events_delivered: u64,
     pub webhook_events_dropped: u64,
     pub webhook_events_pending: u64,
+    /// Send requests that met an injected fault, per fault.
+    pub faults: FaultStats,
 }
 
 /// A test-only inbound message (`POST /sim/inbound`).
@@ -345,6 +352,8 @@ struct Inner {
     dstats: Arc<DeliveryStats>,
     /// Started on first use so `Simulator::new` works outside a Tokio runtime.
     worker: OnceLock<mpsc::UnboundedSender<Job>>,
+    faults: RwLock<SimFaults>,
+    fault_counters: faults::FaultCounters,
 }
 
 /// The simulator. Cheap to clone (an `Arc` inside).
@@ -432,6 +441,8 @@ impl Simulator {
                 tracker: Arc::new(Tracker::default()),
                 dstats: Arc::new(DeliveryStats::default()),
                 worker: OnceLock::new(),
+                faults: RwLock::new(cfg.faults.clone()),
+                fault_counters: faults::FaultCounters::default(),
                 cfg,
             }),
         }
@@ -452,6 +463,10 @@ impl Simulator {
             .route("/sim/throughput", post(throughput_handler))
             .route("/sim/tier", post(tier_handler))
             .route("/sim/flush", post(flush_handler))
+            .route(
+                "/sim/faults",
+                get(faults_get_handler).post(faults_post_handler),
+            )
             .route("/sim/gupshup/inbound", post(gupshup::inbound_handler))
             .route(
                 "/wa/api/v1/template/msg",
@@ -504,7 +519,45 @@ impl Simulator {
             webhook_events_delivered: i.dstats.events_delivered.load(Ordering::Relaxed),
             webhook_events_dropped: i.dstats.events_dropped.load(Ordering::Relaxed),
             webhook_events_pending: i.tracker.pending() as u64,
+            faults: i.fault_counters.snapshot(),
         }
+    }
+
+    /// The send-side faults now in force.
+    pub fn faults(&self) -> SimFaults {
+        self.inner
+            .faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the send-side faults (all off: `SimFaults::default()`).
+    pub fn set_faults(&self, faults: SimFaults) -> Result<(), SimError> {
+        faults.validate().map_err(SimError::BadRequest)?;
+        *self.inner.faults.write().unwrap_or_else(|e| e.into_inner()) = faults;
+        Ok(())
+    }
+
+    /// The fault this send request meets, if any. Mark-as-read requests meet none: the
+    /// faults are about sends.
+    fn draw_fault(&self, body: &[u8]) -> Option<faults::Fault> {
+        let f = self.inner.faults.read().unwrap_or_else(|e| e.into_inner());
+        if !f.any() {
+            return None;
+        }
+        let is_read = serde_json::from_slice::<Value>(body)
+            .ok()
+            .is_some_and(|v| v.get("status").and_then(Value::as_str) == Some("read"));
+        if is_read {
+            return None;
+        }
+        let n = self
+            .inner
+            .fault_counters
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
+        f.pick(self.inner.cfg.seed, n)
     }
 
     /// Force the fate of one recipient (any formatting of the number).
@@ -1346,12 +1399,32 @@ async fn send_handler(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let fault = sim.draw_fault(&body);
+    if let Some(e) = fault.and_then(faults::rejection) {
+        // Refused before anything is accepted: nothing in the ledger, no webhooks.
+        if let Some(f) = fault {
+            sim.inner.fault_counters.count(f);
+        }
+        sim.count_rejection(e.code);
+        return e.into_response();
+    }
     let result = sim.handle_send(&version, &id, &headers, &body);
     if !sim.inner.cfg.latency.is_zero() {
         tokio::time::sleep(sim.inner.cfg.latency).await;
     }
     match result {
-        Ok(v) => ok_json(v),
+        Ok(v) => match fault {
+            Some(f @ faults::Fault::Drop) => {
+                sim.inner.fault_counters.count(f);
+                faults::cut_connection()
+            }
+            Some(f @ faults::Fault::Slow(delay)) => {
+                sim.inner.fault_counters.count(f);
+                tokio::time::sleep(delay).await;
+                ok_json(v)
+            }
+            _ => ok_json(v),
+        },
         Err(e) => {
             sim.count_rejection(e.code);
             e.into_response()
@@ -1799,6 +1872,28 @@ async fn tier_handler(State(sim): State<Simulator>, body: Bytes) -> Response {
             Json(json!({ "success": true })).into_response()
         }
         Err(e) => bad_request(format!("expected {{tier, webhook}}: {e}")),
+    }
+}
+
+/// `GET /sim/faults`: the send-side faults now in force.
+async fn faults_get_handler(State(sim): State<Simulator>) -> Response {
+    Json(sim.faults()).into_response()
+}
+
+/// `POST /sim/faults {"drop": 0.1, "slow": 0.05, "slow_ms": 3000, "server_error": 0.1,
+/// "throttle": 0.1}`: replaces the faults (absent keys are off; `{}` turns all off).
+async fn faults_post_handler(State(sim): State<Simulator>, body: Bytes) -> Response {
+    let faults = match serde_json::from_slice::<SimFaults>(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return bad_request(format!(
+                "expected {{drop, slow, slow_ms, server_error, throttle}}: {e}"
+            ))
+        }
+    };
+    match sim.set_faults(faults) {
+        Ok(()) => Json(sim.faults()).into_response(),
+        Err(e) => bad_request(e.to_string()),
     }
 }
 

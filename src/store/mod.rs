@@ -105,10 +105,15 @@ impl Store {
                             conn.execute("PRAGMA journal_mode = WAL").await?;
                             conn.execute("PRAGMA synchronous = NORMAL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute(&*format!(
+                                "PRAGMA busy_timeout = {}",
+                                sqlite_busy_timeout_ms()
+                            ))
+                            .await?;
                             Ok(())
                         })
                     })
+                    .after_release(|conn, _| Box::pin(release_check(conn)))
                     .connect_with(options)
                     .await?
             }
@@ -220,6 +225,34 @@ pub(crate) fn value_rows(rows: usize, columns: usize, first: usize) -> String {
 /// sleep in SQLite's busy handler (up to 100 ms a time). One connection queues them in the
 /// pool instead, which measured faster (see README, Performance). `TIERCAST_SQLITE_CONNECTIONS`
 /// overrides it for experiments.
+/// Whether an SQLite connection may go back to the pool. A COMMIT that fails with an I/O
+/// error (a full disk) can be rolled back by SQLite itself; sqlx's own ROLLBACK then fails and
+/// the connection keeps believing it is inside a transaction, so every later transaction on it
+/// would only nest a savepoint in one that is never committed, holding the write lock. Such a
+/// connection is closed instead; the pool opens a fresh one.
+async fn release_check(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
+    use sqlx::Connection;
+    // Runs the rollback a dropped transaction queued, so the depth below is current.
+    conn.ping().await?;
+    if conn.is_in_transaction() {
+        tracing::warn!(
+            "closing a database connection left inside a failed transaction (e.g. a disk full \
+             on COMMIT); a fresh one replaces it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// How long an SQLite write waits for another process's lock before failing with "database
+/// is locked": 10 s, or `TIERCAST_SQLITE_BUSY_TIMEOUT_MS` (tests of that failure use less).
+fn sqlite_busy_timeout_ms() -> u64 {
+    std::env::var("TIERCAST_SQLITE_BUSY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
 fn sqlite_connections() -> u32 {
     std::env::var("TIERCAST_SQLITE_CONNECTIONS")
         .ok()

@@ -18,29 +18,6 @@ use std::time::{Duration, Instant};
 use tiercast::domain::HopperState;
 use tiercast::store::Store;
 
-/// Polls the database until every contact is pending (accepted by the provider) and nothing is
-/// in flight. The deadline is a safety net, not a timing assertion.
-async fn wait_all_pending(rig: &Rig, daemon: &crate::procs::Proc, limit: Duration) {
-    let store = Store::open(&rig.db_url).await.unwrap();
-    let id = store.ensure_campaign("c", 0).await.unwrap().id;
-    let n = rig.phones.len() as u64;
-    let deadline = Instant::now() + limit;
-    loop {
-        let counts = store.hopper_counts(id).await.unwrap();
-        let inflight = store.inflight_rows().await.unwrap();
-        if counts.state(HopperState::Pending) == n && inflight == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every contact was sent in time: {counts:?}, {inflight} in flight\n{}",
-            daemon.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    store.close().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
     let started = Instant::now();
@@ -56,6 +33,7 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
         // provider accepted and the daemon has not recorded: the path rule 7 is about.
         max_in_flight: 64,
         latency_ms: 150,
+        ..RigOptions::default()
     })
     .await;
     let seed: u64 = rand::random();
@@ -102,7 +80,8 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
     );
 
     let daemon = rig.start_daemon();
-    wait_all_pending(&rig, &daemon, Duration::from_secs(120)).await;
+    rig.wait_all_pending(&daemon, Duration::from_secs(120))
+        .await;
     // Statuses still queued in the simulator change nothing, but let them land first.
     rig.http
         .post(rig.sim_url("/sim/flush"))
@@ -145,6 +124,7 @@ async fn sigterm_finishes_sends_in_flight_and_exits_0() {
         // Sends in flight when SIGTERM arrives take 150 ms to answer.
         max_in_flight: 64,
         latency_ms: 150,
+        ..RigOptions::default()
     })
     .await;
     let mut daemon = rig.start_daemon();
@@ -179,7 +159,8 @@ async fn sigterm_finishes_sends_in_flight_and_exits_0() {
 
     // A restart resumes where the database says, with nothing to reconcile.
     let daemon = rig.start_daemon();
-    wait_all_pending(&rig, &daemon, Duration::from_secs(120)).await;
+    rig.wait_all_pending(&daemon, Duration::from_secs(120))
+        .await;
     rig.assert_exactly_once().await;
     rig.assert_hopper_settled();
 }
@@ -351,7 +332,7 @@ lists = ["l"]
     let dispatcher = Dispatcher::new(db.store.clone(), clock.clone(), config.clone(), lines);
     dispatcher.hold_orphans("main").await;
     assert_eq!(
-        dispatcher.reconcile("main", &[]).await.unwrap(),
+        dispatcher.reconcile("main").await.unwrap(),
         0,
         "nothing may be abandoned before the provider had a chance to report"
     );
@@ -382,7 +363,7 @@ lists = ["l"]
     // No news of the second within reconcile_after of the restart: it is sent again.
     db.clock
         .advance(config.server.reconcile_after + Duration::from_secs(1));
-    assert_eq!(dispatcher.reconcile("main", &[]).await.unwrap(), 1);
+    assert_eq!(dispatcher.reconcile("main").await.unwrap(), 1);
     let counts = db.store.hopper_counts(campaign_id).await.unwrap();
     assert_eq!(counts.state(HopperState::Pending), 1, "{counts:?}");
     assert_eq!(counts.state(HopperState::Retry), 1, "{counts:?}");

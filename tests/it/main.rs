@@ -5,6 +5,8 @@ mod api;
 mod bad_input;
 mod campaigns;
 mod crash;
+mod dbfaults;
+mod faults;
 mod gupshup;
 mod helpers;
 mod import;

@@ -15,6 +15,7 @@ fn options(contacts: usize) -> RigOptions {
         reconcile_after: "30s",
         max_in_flight: 4,
         latency_ms: 0,
+        ..RigOptions::default()
     }
 }
 

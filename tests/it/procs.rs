@@ -26,22 +26,35 @@ impl Proc {
 
     /// Like `spawn`, with extra environment variables (e.g. `RUST_LOG`).
     pub fn spawn_env(name: &str, args: &[String], log: &Path, env: &[(&str, &str)]) -> Proc {
+        Proc::spawn_with(name, args, log, |cmd| {
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// Like `spawn`, the command adjusted by `configure` first (environment, `pre_exec`).
+    pub fn spawn_with(
+        name: &str,
+        args: &[String],
+        log: &Path,
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let err = out.try_clone().unwrap();
-        let child = Command::new(binary())
-            .args(args)
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TIERCAST_TEST_LOG").unwrap_or_else(|_| "warn,tiercast=info".into()),
             )
-            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
+            .stderr(err);
+        configure(&mut cmd);
+        let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         Proc {
@@ -88,6 +101,14 @@ impl Proc {
         }
     }
 
+    /// Whether the process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
     /// The last lines of the process's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -131,6 +152,27 @@ pub struct RigOptions {
     pub max_in_flight: usize,
     /// The simulator's delay between accepting a message and answering.
     pub latency_ms: u64,
+    /// More `tiercast simulate` arguments (e.g. `--fault-drop 0.1`).
+    pub sim_args: Vec<String>,
+    /// The line's `request_timeout`.
+    pub request_timeout: &'static str,
+    /// A database of the test's own (a fresh PostgreSQL one); an SQLite file when `None`.
+    pub database_url: Option<String>,
+}
+
+impl Default for RigOptions {
+    fn default() -> Self {
+        RigOptions {
+            contacts: 300,
+            throughput_mps: 200,
+            reconcile_after: "10m",
+            max_in_flight: 16,
+            latency_ms: 0,
+            sim_args: Vec::new(),
+            request_timeout: "20s",
+            database_url: None,
+        }
+    }
 }
 
 impl Drop for Rig {
@@ -162,7 +204,10 @@ impl Rig {
     pub async fn new(options: RigOptions) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let (sim_port, daemon_port) = (free_port(), free_port());
-        let db_url = format!("sqlite://{}", dir.path().join("crash.db").display());
+        let db_url = options
+            .database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("crash.db").display()));
         let config_text = format!(
             r#"
 [server]
@@ -178,6 +223,7 @@ tier = "unlimited"
 api_base = "http://127.0.0.1:{sim_port}/v23.0"
 throughput_mps = {mps}
 max_in_flight = {in_flight}
+request_timeout = "{request_timeout}"
 
 [[campaigns]]
 name = "c"
@@ -193,34 +239,33 @@ max_attempts = 20
             reconcile_after = options.reconcile_after,
             mps = options.throughput_mps,
             in_flight = options.max_in_flight,
+            request_timeout = options.request_timeout,
         );
         let config = dir.path().join("crash.toml");
         std::fs::write(&config, config_text).unwrap();
 
         // Webhooks refused while the daemon is down are retried every 250 ms (after a short
         // doubling) for far longer than any test keeps it down.
-        let sim = Proc::spawn(
-            "simulator",
-            &[
-                "simulate".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{sim_port}"),
-                "--webhook-url".into(),
-                format!("http://127.0.0.1:{daemon_port}/webhooks/meta"),
-                "--throughput".into(),
-                "0".into(),
-                "--all-read".into(),
-                "--webhook-attempts".into(),
-                "2000".into(),
-                "--webhook-backoff-max-ms".into(),
-                "250".into(),
-                "--latency-ms".into(),
-                options.latency_ms.to_string(),
-                "--config".into(),
-                config.display().to_string(),
-            ],
-            &dir.path().join("sim.log"),
-        );
+        let mut sim_args: Vec<String> = vec![
+            "simulate".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{sim_port}"),
+            "--webhook-url".into(),
+            format!("http://127.0.0.1:{daemon_port}/webhooks/meta"),
+            "--throughput".into(),
+            "0".into(),
+            "--all-read".into(),
+            "--webhook-attempts".into(),
+            "2000".into(),
+            "--webhook-backoff-max-ms".into(),
+            "250".into(),
+            "--latency-ms".into(),
+            options.latency_ms.to_string(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        sim_args.extend(options.sim_args.iter().cloned());
+        let sim = Proc::spawn("simulator", &sim_args, &dir.path().join("sim.log"));
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -287,8 +332,13 @@ max_attempts = 20
     /// Starts `tiercast serve` (the port is the config's; it is free again once the last
     /// daemon was reaped).
     pub fn start_daemon(&mut self) -> Proc {
+        self.start_daemon_with(|_| {})
+    }
+
+    /// `start_daemon`, the command adjusted by `configure` first (e.g. a `pre_exec`).
+    pub fn start_daemon_with(&mut self, configure: impl FnOnce(&mut Command)) -> Proc {
         self.daemon_starts += 1;
-        Proc::spawn(
+        Proc::spawn_with(
             &format!("daemon #{}", self.daemon_starts),
             &[
                 "serve".into(),
@@ -296,7 +346,71 @@ max_attempts = 20
                 self.config.display().to_string(),
             ],
             &self.dir.path().join("daemon.log"),
+            configure,
         )
+    }
+
+    /// The daemon's log so far.
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Replaces the simulator's send-side faults (`POST /sim/faults`).
+    pub async fn set_faults(&self, faults: Value) {
+        let r = self
+            .http
+            .post(self.sim_url("/sim/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+
+    /// The sum of the daemon's `/metrics` samples of `name` whose labels include every one of
+    /// `labels` (`("class", "unknown")`…).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .http
+            .get(self.daemon_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Polls the database until every contact is pending (accepted by the provider) and
+    /// nothing is in flight. The deadline is a safety net, not a timing assertion.
+    pub async fn wait_all_pending(&self, daemon: &Proc, limit: Duration) {
+        let store = tiercast::store::Store::open(&self.db_url).await.unwrap();
+        let id = store.ensure_campaign("c", 0).await.unwrap().id;
+        let n = self.phones.len() as u64;
+        let deadline = Instant::now() + limit;
+        loop {
+            let counts = store.hopper_counts(id).await.unwrap();
+            let inflight = store.inflight_rows().await.unwrap();
+            if counts.state(tiercast::domain::HopperState::Pending) == n && inflight == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every contact was sent in time: {counts:?}, {inflight} in flight\n{}",
+                daemon.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        store.close().await;
     }
 
     /// Polls `url` until it answers 200 (the deadline is a safety net).

@@ -737,3 +737,97 @@ async fn pausing_a_template_mid_campaign() {
             if name == "renewal_reminder" && language == "pt_BR" && event == "PAUSED"
                 && template_id.as_deref() == Some("1000000000000001"))));
 }
+
+/// Send-side faults over HTTP: `POST /sim/faults` replaces them (a share out of range is
+/// refused), `GET` returns them; a dropped answer is an error for reqwest although the message
+/// is in the ledger; a slow one is accepted and late; 5xx and 429 accept nothing;
+/// `/sim/stats` counts each.
+#[tokio::test]
+async fn send_faults_are_set_over_http_and_behave_as_documented() {
+    let (sim, base) = spawn_sim(SimConfig {
+        pair_rate: None,
+        ..SimConfig::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let set = |faults: Value| {
+        let http = http.clone();
+        let url = format!("{base}/sim/faults");
+        async move { http.post(url).json(&faults).send().await.expect("post") }
+    };
+    assert_eq!(set(json!({ "drop": 2.0 })).await.status(), 400);
+    assert_eq!(set(json!({ "dropp": 0.5 })).await.status(), 400);
+
+    // Every send dropped: accepted, yet the client sees an error reading the answer.
+    assert_eq!(set(json!({ "drop": 1.0 })).await.status(), 200);
+    let current: Value = http
+        .get(format!("{base}/sim/faults"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(current["drop"], 1.0, "{current}");
+    let cut = async {
+        let resp = http
+            .post(format!("{base}/v23.0/{PNID}/messages"))
+            .bearer_auth(TOKEN)
+            .json(&renewal("+5511990001001"))
+            .send()
+            .await?;
+        resp.bytes().await
+    }
+    .await;
+    assert!(cut.is_err(), "a dropped answer must be an error: {cut:?}");
+    assert_eq!(sim.ledger_len(), 1, "the dropped send was accepted");
+
+    // Slow: accepted, answered after slow_ms.
+    set(json!({ "slow": 1.0, "slow_ms": 300 })).await;
+    let started = std::time::Instant::now();
+    let (status, _) = send(&base, PNID, Some(TOKEN), &renewal("+5511990001002")).await;
+    assert_eq!(status, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // 5xx (code 1 on 500, code 2 on 503) and 429 (130429): nothing accepted.
+    set(json!({ "server_error": 1.0 })).await;
+    let mut codes = std::collections::BTreeSet::new();
+    for i in 0..20 {
+        let (status, body) = send(
+            &base,
+            PNID,
+            Some(TOKEN),
+            &renewal(&format!("+55119900020{i:02}")),
+        )
+        .await;
+        let code = body["error"]["code"].as_i64().expect("graph error");
+        assert_eq!(
+            (status, code == 1 || code == 2),
+            (if code == 1 { 500 } else { 503 }, true)
+        );
+        codes.insert(code);
+    }
+    assert_eq!(codes.len(), 2, "both codes occur: {codes:?}");
+    set(json!({ "throttle": 1.0 })).await;
+    let (status, body) = send(&base, PNID, Some(TOKEN), &renewal("+5511990003001")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (429, Some(130429))
+    );
+    assert_eq!(sim.ledger_len(), 2, "5xx and 429 accept nothing");
+
+    set(json!({})).await;
+    let (status, _) = send(&base, PNID, Some(TOKEN), &renewal("+5511990004001")).await;
+    assert_eq!(status, 200);
+    let stats = sim.stats();
+    assert_eq!(
+        (
+            stats.faults.dropped,
+            stats.faults.slow,
+            stats.faults.server_errors,
+            stats.faults.throttled
+        ),
+        (1, 1, 20, 1),
+        "{stats:?}"
+    );
+}

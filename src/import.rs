@@ -636,6 +636,14 @@ async fn load(
     );
     let mut rejects = Rejects::new(source.rejects_path());
     let mut counts = BatchCounts::default();
+    let mut writer = BatchWriter {
+        store: store.clone(),
+        file: file.clone(),
+        list_id,
+        import_id,
+        writing: None,
+        counts: BatchCounts::default(),
+    };
     let mut batch: Vec<ContactUpsert> = Vec::with_capacity(options.batch_size);
     let mut in_batch: HashSet<String> = HashSet::with_capacity(options.batch_size);
     let mut record = csv::StringRecord::new();
@@ -669,64 +677,81 @@ async fn load(
             }
         }
         if batch.len() >= options.batch_size {
-            flush(
-                store,
-                clock,
-                &file,
-                list_id,
-                import_id,
-                &mut batch,
-                &mut in_batch,
-                &mut counts,
-            )
-            .await?;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(options.batch_size));
+            in_batch.clear();
+            writer.write(full, clock.now_millis()).await?;
             progress.set_position(rows);
         }
     }
-    flush(
-        store,
-        clock,
-        &file,
-        list_id,
-        import_id,
-        &mut batch,
-        &mut in_batch,
-        &mut counts,
-    )
-    .await?;
+    writer.write(batch, clock.now_millis()).await?;
+    counts += writer.finish().await?;
     progress.set_position(rows);
     Ok((counts, rejects, rows))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn flush(
-    store: &Store,
-    clock: &dyn Clock,
-    file: &str,
+/// Writes batches of contacts while the next one is parsed: one batch in the database's
+/// hands, one being built. Batches commit in file order (each waits for the one before).
+struct BatchWriter {
+    store: Store,
+    file: String,
     list_id: i64,
     import_id: i64,
-    batch: &mut Vec<ContactUpsert>,
-    in_batch: &mut HashSet<String>,
-    counts: &mut BatchCounts,
-) -> Result<(), ImportError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let written = store
-        .import_batch(list_id, import_id, batch, clock.now_millis())
-        .await
-        .map_err(|source| ImportError::Store {
-            file: file.to_string(),
-            source,
-        })?;
-    counts.imported += written.imported;
-    counts.updated += written.updated;
-    counts.duplicate += written.duplicate;
-    batch.clear();
-    in_batch.clear();
-    Ok(())
+    writing: Option<tokio::task::JoinHandle<Result<BatchCounts, ImportError>>>,
+    counts: BatchCounts,
 }
 
+impl BatchWriter {
+    /// Waits for the batch before (so at most one is in flight), then starts writing this one.
+    async fn write(&mut self, batch: Vec<ContactUpsert>, now: Millis) -> Result<(), ImportError> {
+        let written = self.wait().await?;
+        self.counts += written;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (store, file, list_id, import_id) = (
+            self.store.clone(),
+            self.file.clone(),
+            self.list_id,
+            self.import_id,
+        );
+        self.writing = Some(tokio::spawn(async move {
+            store
+                .import_batch(list_id, import_id, &batch, now)
+                .await
+                .map_err(|source| ImportError::Store { file, source })
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<BatchCounts, ImportError> {
+        match self.writing.take() {
+            None => Ok(BatchCounts::default()),
+            Some(task) => task.await.map_err(|e| ImportError::Store {
+                file: self.file.clone(),
+                source: StoreError::Batch(format!("import writer failed: {e}")),
+            })?,
+        }
+    }
+
+    /// Waits for the last batch and returns what every batch wrote.
+    async fn finish(mut self) -> Result<BatchCounts, ImportError> {
+        let written = self.wait().await?;
+        self.counts += written;
+        Ok(self.counts)
+    }
+}
+
+impl Drop for BatchWriter {
+    fn drop(&mut self) {
+        // On an error the caller abandons the import: a batch still being written must not
+        // land after that, so it is stopped (its transaction rolls back unfinished).
+        if let Some(task) = self.writing.take() {
+            task.abort();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 #[cfg(test)]
 mod tests {
     use super::*;

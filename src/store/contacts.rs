@@ -28,6 +28,14 @@ pub struct BatchCounts {
     pub duplicate: u64,
 }
 
+impl std::ops::AddAssign for BatchCounts {
+    fn add_assign(&mut self, other: BatchCounts) {
+        self.imported += other.imported;
+        self.updated += other.updated;
+        self.duplicate += other.duplicate;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ContactRecord {
     pub id: i64,

@@ -366,8 +366,8 @@ impl Store {
         .await?)
     }
 
-    /// Records accepted sends (from the HTTP answers; `settle.rs` groups them) in one
-    /// transaction. See [`settle_accepted_in`].
+    /// Records accepted sends (from the HTTP answers; `group_commit.rs` groups them) in one
+    /// transaction. See [`Store::settle_accepted_in`].
     pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<Vec<bool>> {
         let rows: Vec<SettleRow<'_>> = settles
             .iter()

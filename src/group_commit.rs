@@ -93,3 +93,57 @@ async fn writer<I, O>(write: BatchWriter<I, O>, mut queue: mpsc::UnboundedReceiv
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A writer that doubles each item and notes the size of every batch it got.
+    fn doubling(batches: Arc<Mutex<Vec<usize>>>, fail: bool) -> GroupCommit<u32, u32> {
+        GroupCommit::new(Arc::new(move |items: Vec<u32>| {
+            batches.lock().unwrap().push(items.len());
+            Box::pin(async move {
+                if fail {
+                    return Err(StoreError::Batch("disk full".into()));
+                }
+                Ok(items.iter().map(|i| i * 2).collect())
+            })
+        }))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_writers_share_one_batch_and_each_gets_its_own_answer() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let queue = doubling(batches.clone(), false);
+        // On one thread every task queues its item before the writer task first runs.
+        let tasks: Vec<_> = (0..100u32)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { (i, q.write(i).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (i, answer) = task.await.unwrap();
+            assert_eq!(answer.unwrap(), i * 2);
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![100]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_batch_fails_every_writer_in_it() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let queue = doubling(batches.clone(), true);
+        let tasks: Vec<_> = (0..3u32)
+            .map(|i| {
+                let q = queue.clone();
+                tokio::spawn(async move { q.write(i).await })
+            })
+            .collect();
+        for task in tasks {
+            let error = task.await.unwrap().unwrap_err();
+            assert!(error.to_string().contains("disk full"), "{error}");
+        }
+        assert_eq!(*batches.lock().unwrap(), vec![3]);
+    }
+}

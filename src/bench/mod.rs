@@ -146,27 +146,8 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let daemon = serve::start(config.clone(), ServeOptions::new(clock.clone())).await?;
     let per_line = options.contacts.div_ceil(options.lines);
     for (i, c) in config.campaigns.iter().enumerate() {
-        let mut csv = String::with_capacity(per_line * 40);
-        csv.push_str("phone,name,plan\n");
-        for k in (i * per_line)..((i + 1) * per_line).min(options.contacts) {
-            csv.push_str(&format!("+55119{:08},Person {k},gold\n", 60_000_000 + k));
-        }
-        import::import(
-            &daemon.store,
-            clock.as_ref(),
-            &BytesSource {
-                name: "generated".into(),
-                bytes: csv.as_bytes(),
-            },
-            &ImportOptions {
-                list: c.lists[0].clone(),
-                default_country: None,
-                opt_in: false,
-                batch_size: 1000,
-                progress: false,
-            },
-        )
-        .await?;
+        let contacts = (i * per_line)..((i + 1) * per_line).min(options.contacts);
+        import_generated(&daemon.store, clock.as_ref(), &c.lists[0], contacts).await?;
     }
     // The other daemons: the same binary and config, listening elsewhere (webhooks come here).
     let mut others = Vec::new();
@@ -180,16 +161,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         );
         let path = dir.path().join(format!("bench-{}.toml", others.len() + 1));
         std::fs::write(&path, text)?;
-        others.push(KillOnDrop(
-            Command::new(&exe)
-                .arg("--config")
-                .arg(&path)
-                .arg("serve")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting another daemon")?,
-        ));
+        others.push(spawn_daemon(&exe, &path)?);
     }
     let cpu = |others: &[KillOnDrop]| {
         cpu_and_peak_rss().0 + others.iter().map(|o| process_cpu(o.0.id())).sum::<f64>()
@@ -263,6 +235,54 @@ fn sent_total(page: &str) -> u64 {
         .filter(|l| l.starts_with(crate::metrics::MESSAGES_SENT))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Imports generated contacts number `range` (`+55119…`, a name and a plan) into `list`.
+async fn import_generated(
+    store: &crate::store::Store,
+    clock: &dyn crate::clock::Clock,
+    list: &str,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<()> {
+    let mut csv = String::with_capacity(range.len() * 40 + 16);
+    csv.push_str("phone,name,plan\n");
+    for k in range {
+        csv.push_str(&format!("+55119{:08},Person {k},gold\n", 60_000_000 + k));
+    }
+    import::import(
+        store,
+        clock,
+        &BytesSource {
+            name: "generated".into(),
+            bytes: csv.as_bytes(),
+        },
+        &ImportOptions {
+            list: list.to_string(),
+            default_country: None,
+            opt_in: false,
+            batch_size: 1000,
+            progress: false,
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `tiercast --config PATH serve` as a child process, killed when dropped.
+fn spawn_daemon(
+    exe: &std::path::Path,
+    config_path: &std::path::Path,
+) -> anyhow::Result<KillOnDrop> {
+    Ok(KillOnDrop(
+        Command::new(exe)
+            .arg("--config")
+            .arg(config_path)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting a daemon process")?,
+    ))
 }
 
 async fn wait_for_port(port: u16) -> anyhow::Result<()> {

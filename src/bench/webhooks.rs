@@ -8,12 +8,13 @@
 //! committed), and the daemon process's CPU per event. It checks at the end that every row
 //! reached `read`, so the figure is of work done, not of requests answered.
 
-use super::{free_port, process_cpu, sent_total, wait_for_port, KillOnDrop};
+use super::{
+    free_port, import_generated, process_cpu, sent_total, spawn_daemon, wait_for_port, KillOnDrop,
+};
 use crate::campaign;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::domain::CampaignCommand;
-use crate::import::{self, BytesSource, ImportOptions};
 use crate::store::Store;
 use crate::webhook::signature;
 use anyhow::Context;
@@ -77,37 +78,8 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     wait_for_port(sim_port).await?;
     let store = Store::open(&database_url).await?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let mut csv = String::with_capacity(options.contacts * 40);
-    csv.push_str("phone,name,plan\n");
-    for k in 0..options.contacts {
-        csv.push_str(&format!("+55119{:08},Person {k},gold\n", 60_000_000 + k));
-    }
-    import::import(
-        &store,
-        clock.as_ref(),
-        &BytesSource {
-            name: "generated".into(),
-            bytes: csv.as_bytes(),
-        },
-        &ImportOptions {
-            list: "bench0".into(),
-            default_country: None,
-            opt_in: false,
-            batch_size: 1000,
-            progress: false,
-        },
-    )
-    .await?;
-    let daemon = KillOnDrop(
-        Command::new(&exe)
-            .arg("--config")
-            .arg(&config_path)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the daemon")?,
-    );
+    import_generated(&store, clock.as_ref(), "bench0", 0..options.contacts).await?;
+    let daemon = spawn_daemon(&exe, &config_path)?;
     wait_for_port(daemon_port).await?;
     let c = &config.campaigns[0];
     campaign::command(

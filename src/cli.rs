@@ -110,6 +110,7 @@ pub enum Command {
         /// Share of sends accepted and answered only after --fault-slow-ms
         #[arg(long, default_value_t = 0.0)]
         fault_slow: f64,
+        /// How late a `--fault-slow` answer comes, in milliseconds
         #[arg(long, default_value_t = 3000)]
         fault_slow_ms: u64,
         /// Share of sends refused with HTTP 500/503 (Graph code 1 or 2), not accepted

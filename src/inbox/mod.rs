@@ -38,7 +38,7 @@ pub struct Inbox {
     /// Opt-out keywords, normalised (matched against the whole message).
     opt_out_keywords: Arc<Vec<String>>,
     /// The statuses of concurrent webhook POSTs are applied in group commits.
-    status_writes: GroupCommit<Vec<StatusRecord>, Vec<AppliedStatus>>,
+    status_writes: GroupCommit<Arc<[StatusRecord]>, Vec<AppliedStatus>>,
 }
 
 impl Inbox {
@@ -58,7 +58,7 @@ impl Inbox {
         );
         let status_writes = {
             let store = store.clone();
-            GroupCommit::new(Arc::new(move |posts: Vec<Vec<StatusRecord>>| {
+            GroupCommit::new(Arc::new(move |posts: Vec<Arc<[StatusRecord]>>| {
                 let store = store.clone();
                 Box::pin(async move { store.apply_status_posts(posts).await })
                     as BoxFuture<'static, _>
@@ -368,7 +368,7 @@ impl Inbox {
             self.store.attempts_in_flight(&named).await?
         };
         let mut timeouts: HashMap<i64, Option<Millis>> = HashMap::new();
-        let mut updates = Vec::with_capacity(events.len());
+        let mut records = Vec::with_capacity(events.len());
         for ev in events {
             let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
             m::message_status(line, ev.status.as_str());
@@ -392,31 +392,18 @@ impl Inbox {
                 }
             }
             let error = ev.errors.first();
-            updates.push((
-                StatusUpdate {
-                    wamid: &ev.wamid,
-                    attempt_id,
-                    status: ev.status.as_str(),
-                    at,
-                    error_code: error.map(|e| e.code),
-                    error_text: error.map(|e| e.title.as_str()),
-                },
-                deadline,
-            ));
+            records.push(StatusRecord {
+                wamid: ev.wamid.clone(),
+                attempt_id,
+                status: ev.status.as_str().to_string(),
+                at,
+                error_code: error.map(|e| e.code),
+                error_text: error.map(|e| e.title.clone()),
+                response_deadline: deadline,
+            });
         }
-        let records: Vec<StatusRecord> = updates
-            .iter()
-            .map(|(u, deadline)| StatusRecord {
-                wamid: u.wamid.to_string(),
-                attempt_id: u.attempt_id,
-                status: u.status.to_string(),
-                at: u.at,
-                error_code: u.error_code,
-                error_text: u.error_text.map(str::to_string),
-                response_deadline: *deadline,
-            })
-            .collect();
-        let mut applied = self.status_writes.write(records).await?;
+        let records: Arc<[StatusRecord]> = records.into();
+        let mut applied = self.status_writes.write(records.clone()).await?;
         // An id we do not know may be another id of one of ours (a Gupshup report naming only
         // the WhatsApp id): looked up only on a miss, so Meta's path pays nothing.
         let mut again = Vec::new();
@@ -431,13 +418,13 @@ impl Inbox {
             let retried: Vec<(StatusUpdate<'_>, Millis)> = again
                 .iter()
                 .map(|(i, id)| {
-                    let (u, deadline) = &updates[*i];
+                    let (u, deadline) = records[*i].as_update();
                     (
                         StatusUpdate {
                             wamid: id.as_str(),
-                            ..u.clone()
+                            ..u
                         },
-                        *deadline,
+                        deadline,
                     )
                 })
                 .collect();

@@ -369,16 +369,8 @@ impl Store {
     /// Records accepted sends (from the HTTP answers; `group_commit.rs` groups them) in one
     /// transaction. See [`Store::settle_accepted_in`].
     pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<Vec<bool>> {
-        let rows: Vec<SettleRow<'_>> = settles
-            .iter()
-            .map(|s| SettleRow {
-                attempt_id: s.attempt_id,
-                wamid: &s.wamid,
-                wa_id: s.wa_id.as_deref(),
-                now: s.now,
-                response_deadline: s.response_deadline,
-            })
-            .collect();
+        let mut rows = settles.to_vec();
+        rows.sort_by_key(|s| s.attempt_id);
         retry_deadlocks(|| async {
             let mut tx = self.pool.begin().await?;
             let moved = self.settle_accepted_in(&mut tx, &rows).await?;
@@ -553,19 +545,15 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Applies one webhook's statuses in one transaction: each may settle the attempt it names
-    /// (when still in flight; the paired deadline is its response deadline), then moves the
-    /// message forward unless it is already further (SPEC §2 rule 8). A status of no campaign
-    /// row updates the inbox message of that wamid. One entry per update, in order.
     /// Applies the statuses of several webhook POSTs in one transaction (see
     /// `group_commit.rs`), answering each POST's own results.
     pub async fn apply_status_posts(
         &self,
-        posts: Vec<Vec<StatusRecord>>,
+        posts: Vec<std::sync::Arc<[StatusRecord]>>,
     ) -> StoreResult<Vec<Vec<AppliedStatus>>> {
         let updates: Vec<(StatusUpdate<'_>, Millis)> = posts
             .iter()
-            .flatten()
+            .flat_map(|post| post.iter())
             .map(StatusRecord::as_update)
             .collect();
         let mut applied = self.apply_statuses(&updates).await?.into_iter();
@@ -575,6 +563,10 @@ impl Store {
             .collect())
     }
 
+    /// Applies one webhook's statuses in one transaction: each may settle the attempt it names
+    /// (when still in flight; the paired deadline is its response deadline), then moves the
+    /// message forward unless it is already further (SPEC §2 rule 8). A status of no campaign
+    /// row updates the inbox message of that wamid. One entry per update, in order.
     pub async fn apply_statuses(
         &self,
         updates: &[(StatusUpdate<'_>, Millis)],
@@ -590,13 +582,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // A status naming an attempt still in flight settles it first, once per attempt.
         let mut seen = HashSet::new();
-        let mut settles: Vec<SettleRow<'_>> = updates
+        let mut settles: Vec<Settle> = updates
             .iter()
             .filter_map(|(u, deadline)| {
                 let attempt_id = u.attempt_id.filter(|a| seen.insert(*a))?;
-                Some(SettleRow {
+                Some(Settle {
                     attempt_id,
-                    wamid: u.wamid,
+                    wamid: u.wamid.to_string(),
                     wa_id: None,
                     now: u.at,
                     response_deadline: *deadline,
@@ -637,17 +629,11 @@ impl Store {
 
         // Not moved: a duplicate or late status of a campaign row, or not a campaign template
         // (perhaps a text or recontact sent from the inbox).
-        let unmoved: Vec<&str> = {
-            let mut w: Vec<&str> = by_rank
-                .values()
-                .flatten()
-                .map(|i| updates[*i].0.wamid)
-                .filter(|w| !in_hopper.contains(*w))
-                .collect();
-            w.sort_unstable();
-            w.dedup();
-            w
-        };
+        let unmoved: Vec<&str> = wamids
+            .iter()
+            .copied()
+            .filter(|w| !in_hopper.contains(*w))
+            .collect();
         for chunk in unmoved.chunks(STATUS_CHUNK) {
             let sql = self.bulk_sql(format!(
                 "SELECT wamid FROM hopper WHERE wamid IN ({})",
@@ -878,16 +864,6 @@ impl Store {
     }
 }
 
-/// One accepted send to record (see [`Store::settle_accepted_in`]).
-#[derive(Debug, Clone, Copy)]
-struct SettleRow<'a> {
-    attempt_id: i64,
-    wamid: &'a str,
-    wa_id: Option<&'a str>,
-    now: Millis,
-    response_deadline: Millis,
-}
-
 /// The keys of the rows [`Store::lock_in_order`] locks.
 #[derive(Clone, Copy)]
 enum LockKeys<'a> {
@@ -920,11 +896,11 @@ impl Store {
     /// Two multi-row statements per chunk (`UPDATE … FROM` a `VALUES` list) instead of two per
     /// row: with SQLite's single connection each statement is a round trip to its thread.
     /// `rows` must name each attempt once.
-    async fn settle_accepted_in<'r>(
+    async fn settle_accepted_in(
         &self,
         tx: &mut Transaction<'static, Any>,
-        rows: &[SettleRow<'r>],
-    ) -> StoreResult<HashSet<&'r str>> {
+        rows: &[Settle],
+    ) -> StoreResult<HashSet<String>> {
         let mut moved = HashSet::with_capacity(rows.len());
         for chunk in rows.chunks(SETTLE_CHUNK) {
             let ids: Vec<i64> = chunk.iter().map(|r| r.attempt_id).collect();
@@ -943,16 +919,14 @@ impl Store {
             for r in chunk {
                 q = q
                     .bind(r.attempt_id)
-                    .bind(r.wamid)
-                    .bind(r.wa_id)
+                    .bind(&r.wamid)
+                    .bind(r.wa_id.as_deref())
                     .bind(r.now)
                     .bind(r.response_deadline);
             }
+            // A moved row now holds its settle's wamid, which names that settle.
             for row in q.fetch_all(&mut **tx).await? {
-                let wamid: String = row.try_get(0)?;
-                if let Some(r) = chunk.iter().find(|r| r.wamid == wamid) {
-                    moved.insert(r.wamid);
-                }
+                moved.insert(row.try_get(0)?);
             }
             self.lock_in_order(tx, "attempts", "id", LockKeys::Ids(&ids))
                 .await?;
@@ -964,7 +938,7 @@ impl Store {
             ));
             let mut q = sqlx::query(&sql);
             for r in chunk {
-                q = q.bind(r.attempt_id).bind(r.wamid).bind(r.now);
+                q = q.bind(r.attempt_id).bind(&r.wamid).bind(r.now);
             }
             q.execute(&mut **tx).await?;
         }

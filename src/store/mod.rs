@@ -221,10 +221,6 @@ pub(crate) fn value_rows(rows: usize, columns: usize, first: usize) -> String {
     s
 }
 
-/// SQLite has one writer at a time; with several pooled connections the losers of a write race
-/// sleep in SQLite's busy handler (up to 100 ms a time). One connection queues them in the
-/// pool instead, which measured faster (see README, Performance). `TIERCAST_SQLITE_CONNECTIONS`
-/// overrides it for experiments.
 /// Whether an SQLite connection may go back to the pool. A COMMIT that fails with an I/O
 /// error (a full disk) can be rolled back by SQLite itself; sqlx's own ROLLBACK then fails and
 /// the connection keeps believing it is inside a transaction, so every later transaction on it
@@ -232,6 +228,10 @@ pub(crate) fn value_rows(rows: usize, columns: usize, first: usize) -> String {
 /// connection is closed instead; the pool opens a fresh one.
 async fn release_check(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Error> {
     use sqlx::Connection;
+    // The common case costs nothing: no transaction open, nothing queued.
+    if !conn.is_in_transaction() {
+        return Ok(true);
+    }
     // Runs the rollback a dropped transaction queued, so the depth below is current.
     conn.ping().await?;
     if conn.is_in_transaction() {
@@ -253,6 +253,10 @@ fn sqlite_busy_timeout_ms() -> u64 {
         .unwrap_or(10_000)
 }
 
+/// SQLite has one writer at a time; with several pooled connections the losers of a write race
+/// sleep in SQLite's busy handler (up to 100 ms a time). One connection queues them in the
+/// pool instead, which measured faster (see README, Performance). `TIERCAST_SQLITE_CONNECTIONS`
+/// overrides it for experiments.
 fn sqlite_connections() -> u32 {
     std::env::var("TIERCAST_SQLITE_CONNECTIONS")
         .ok()

@@ -133,8 +133,8 @@ impl Store {
         if budget.tier.limit().is_none() && budget.ramp_cap.is_none() {
             // Unlimited: every recipient is admitted; they are still recorded (for the
             // 24-hour use the metrics show, and in case the tier drops).
-            self.record_recipients(tx, budget, phones.iter().map(String::as_str), now)
-                .await?;
+            let all: Vec<&str> = phones.iter().map(String::as_str).collect();
+            self.record_recipients(tx, budget, &all, now).await?;
             return Ok(vec![true; phones.len()]);
         }
         if self.backend == Backend::Postgres {
@@ -175,20 +175,18 @@ impl Store {
             }
             admitted.push(ok);
         }
-        self.record_recipients(tx, budget, reached.into_iter(), now)
-            .await?;
+        self.record_recipients(tx, budget, &reached, now).await?;
         Ok(admitted)
     }
 
     /// Notes that the portfolio reached `phones` at `now` (the 24-hour window's record).
-    async fn record_recipients<'p>(
+    async fn record_recipients(
         &self,
         tx: &mut Transaction<'static, Any>,
         budget: &TierBudget,
-        phones: impl Iterator<Item = &'p str>,
+        phones: &[&str],
         now: Millis,
     ) -> StoreResult<()> {
-        let phones: Vec<&str> = phones.collect();
         for chunk in phones.chunks(300) {
             let sql = self.bulk_sql(format!(
                 "INSERT INTO tier_recipients (portfolio, phone, last_sent_at) VALUES {} \

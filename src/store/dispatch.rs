@@ -12,7 +12,9 @@
 //! duplicated answer can never move a row twice.
 
 use super::tiers::TierBudget;
-use super::{placeholders, value_rows, Backend, Store, StoreError, StoreResult};
+use super::{
+    padded, padded_len, placeholders, value_rows, Backend, Store, StoreError, StoreResult,
+};
 use crate::clock::Millis;
 use crate::domain::Outcome;
 use sqlx::any::Any;
@@ -215,10 +217,10 @@ impl Store {
 
         let sql = self.bulk_sql(format!(
             "SELECT id, phone, name, email, fields FROM contacts WHERE id IN ({})",
-            placeholders(1, claimed.len())
+            placeholders(1, padded_len(claimed.len()))
         ));
         let mut q = sqlx::query(&sql);
-        for (_, contact_id, _) in &claimed {
+        for (_, contact_id, _) in padded(&claimed) {
             q = q.bind(*contact_id);
         }
         let mut contacts = HashMap::with_capacity(claimed.len());
@@ -286,10 +288,10 @@ impl Store {
                 let opens_at = self.next_tier_slot(&mut tx, &budget.portfolio, now).await?;
                 let sql = self.bulk_sql(format!(
                     "UPDATE hopper SET inflight_attempt_id = NULL, waiting_for_tier = 1, next_attempt_at = $1 WHERE id IN ({})",
-                    placeholders(2, held.len())
+                    placeholders(2, padded_len(held.len()))
                 ));
                 let mut q = sqlx::query(&sql).bind(opens_at);
-                for ((hopper_id, _, _), _) in &held {
+                for ((hopper_id, _, _), _) in padded(&held) {
                     q = q.bind(*hopper_id);
                 }
                 q.execute(&mut *tx).await?;
@@ -301,11 +303,12 @@ impl Store {
         }
 
         let sql = self.bulk_sql(format!(
-            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) VALUES {} RETURNING id, hopper_id",
-            value_rows(claimed.len(), 5, 1)
+            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) \
+             SELECT DISTINCT * FROM (VALUES {}) AS v RETURNING id, hopper_id",
+            value_rows(padded_len(claimed.len()), 5, 1)
         ));
         let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in &claimed {
+        for (hopper_id, _, _) in padded(&claimed) {
             q = q
                 .bind(*hopper_id)
                 .bind(campaign_id)
@@ -321,10 +324,10 @@ impl Store {
             "UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = \
                (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
              WHERE id IN ({})",
-            placeholders(1, claimed.len())
+            placeholders(1, padded_len(claimed.len()))
         ));
         let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in &claimed {
+        for (hopper_id, _, _) in padded(&claimed) {
             q = q.bind(*hopper_id);
         }
         q.execute(&mut *tx).await?;
@@ -637,10 +640,10 @@ impl Store {
         for chunk in unmoved.chunks(STATUS_CHUNK) {
             let sql = self.bulk_sql(format!(
                 "SELECT wamid FROM hopper WHERE wamid IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(1, padded_len(chunk.len()))
             ));
             let mut q = sqlx::query(&sql);
-            for w in chunk {
+            for w in padded(chunk) {
                 q = q.bind(*w);
             }
             for row in q.fetch_all(&mut *tx).await? {
@@ -707,10 +710,10 @@ impl Store {
              UPDATE hopper SET message_status = '{status}', updated_at = v.at {set_more} \
              FROM v WHERE hopper.wamid = v.wamid AND {RANK_SQL} < {rank} \
              RETURNING hopper.wamid, hopper.id, hopper.campaign_id, hopper.contact_id",
-            value_rows(rows.len(), columns, 1)
+            value_rows(padded_len(rows.len()), columns, 1)
         ));
         let mut q = sqlx::query(&sql);
-        for i in &rows {
+        for i in padded(&rows) {
             let u = &updates[*i].0;
             q = q.bind(u.wamid).bind(u.at);
             if failed {
@@ -758,13 +761,13 @@ impl Store {
     /// campaign: a status naming one settles it.
     pub async fn attempts_in_flight(&self, ids: &[i64]) -> StoreResult<HashMap<i64, i64>> {
         let mut out = HashMap::new();
-        for chunk in ids.chunks(500) {
+        for chunk in ids.chunks(STATUS_CHUNK) {
             let sql = self.bulk_sql(format!(
                 "SELECT id, campaign_id FROM attempts WHERE status IN ('sending', 'unknown') AND id IN ({})",
-                placeholders(1, chunk.len())
+                placeholders(1, padded_len(chunk.len()))
             ));
             let mut q = sqlx::query(&sql);
-            for id in chunk {
+            for id in padded(chunk) {
                 q = q.bind(*id);
             }
             for row in q.fetch_all(&self.pool).await? {
@@ -881,10 +884,10 @@ impl LockKeys<'_> {
 }
 
 /// Rows per multi-row statement: 5 parameters each stays far below both backends' limits.
-const SETTLE_CHUNK: usize = 500;
+const SETTLE_CHUNK: usize = 512;
 
 /// Statuses per multi-row statement (4 parameters each at most).
-const STATUS_CHUNK: usize = 500;
+const STATUS_CHUNK: usize = 512;
 
 impl Store {
     /// The provider accepted these messages (from the HTTP answers, or from status webhooks
@@ -913,10 +916,10 @@ impl Store {
                    message_status = CASE WHEN hopper.wamid = v.wamid THEN COALESCE(hopper.message_status, 'accepted') ELSE 'accepted' END, \
                    response_deadline = v.deadline, last_error_code = NULL, last_error_text = NULL, updated_at = v.now \
                  FROM v WHERE hopper.inflight_attempt_id = v.attempt_id RETURNING hopper.wamid",
-                value_rows(chunk.len(), 5, 1)
+                value_rows(padded_len(chunk.len()), 5, 1)
             ));
             let mut q = sqlx::query(&sql);
-            for r in chunk {
+            for r in padded(chunk) {
                 q = q
                     .bind(r.attempt_id)
                     .bind(&r.wamid)
@@ -934,10 +937,10 @@ impl Store {
                 "WITH v (attempt_id, wamid, now) AS (VALUES {}) \
                  UPDATE attempts SET status = 'accepted', wamid = v.wamid, finished_at = v.now \
                  FROM v WHERE attempts.id = v.attempt_id AND attempts.status IN ('sending', 'unknown')",
-                value_rows(chunk.len(), 3, 1)
+                value_rows(padded_len(chunk.len()), 3, 1)
             ));
             let mut q = sqlx::query(&sql);
-            for r in chunk {
+            for r in padded(chunk) {
                 q = q.bind(r.attempt_id).bind(&r.wamid).bind(r.now);
             }
             q.execute(&mut **tx).await?;
@@ -961,17 +964,17 @@ impl Store {
         }
         let sql = format!(
             "SELECT id FROM {table} WHERE {column} IN ({}) ORDER BY id FOR UPDATE",
-            placeholders(1, keys.len())
+            placeholders(1, padded_len(keys.len()))
         );
         let mut q = sqlx::query(&sql);
         match keys {
             LockKeys::Ids(ids) => {
-                for id in ids {
+                for id in padded(ids) {
                     q = q.bind(*id);
                 }
             }
             LockKeys::Texts(texts) => {
-                for text in texts {
+                for text in padded(texts) {
                     q = q.bind(*text);
                 }
             }

@@ -3,7 +3,7 @@
 //! transaction (see `claim_due`), so the budget stays exact with several lines and daemons:
 //! SQLite has one writer, and on PostgreSQL the portfolio's row is locked `FOR UPDATE`.
 
-use super::{placeholders, Backend, Store, StoreResult};
+use super::{padded, padded_len, placeholders, Backend, Store, StoreResult};
 use crate::clock::Millis;
 use crate::domain::Tier;
 use sqlx::any::Any;
@@ -187,14 +187,17 @@ impl Store {
         phones: &[&str],
         now: Millis,
     ) -> StoreResult<()> {
-        for chunk in phones.chunks(300) {
+        for chunk in phones.chunks(256) {
+            // DISTINCT drops the padding rows: PostgreSQL refuses an upsert that meets one key
+            // twice. `WHERE true` tells SQLite's parser the ON CONFLICT is the upsert's.
             let sql = self.bulk_sql(format!(
-                "INSERT INTO tier_recipients (portfolio, phone, last_sent_at) VALUES {} \
+                "INSERT INTO tier_recipients (portfolio, phone, last_sent_at) \
+                 SELECT DISTINCT * FROM (VALUES {}) AS v WHERE true \
                  ON CONFLICT (portfolio, phone) DO UPDATE SET last_sent_at = excluded.last_sent_at",
-                super::value_rows(chunk.len(), 3, 1)
+                super::value_rows(padded_len(chunk.len()), 3, 1)
             ));
             let mut q = sqlx::query(&sql);
-            for p in chunk {
+            for p in padded(chunk) {
                 q = q.bind(&budget.portfolio).bind(*p).bind(now);
             }
             q.execute(&mut **tx).await?;
@@ -214,10 +217,10 @@ impl Store {
             // `+ 0` keeps the planner on the (portfolio, phone) key for these few phones
             // instead of scanning the whole window through the last_sent_at index.
             "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at + 0 > $2 AND phone IN ({})",
-            placeholders(3, phones.len())
+            placeholders(3, padded_len(phones.len()))
         ));
         let mut q = sqlx::query(&sql).bind(&budget.portfolio).bind(since);
-        for p in phones {
+        for p in padded(phones) {
             q = q.bind(p.as_str());
         }
         let known: HashSet<String> = q

@@ -414,7 +414,7 @@ response_timeout = "1h"
         .rposition(|e| small.contains(&e.to))
         .expect("small campaign sent");
     // Alone after the large one it would end at 310; sharing, it ends within the first
-    // claims (8 in flight, claims of at most 16 split half and half).
+    // claims (8 in flight, claims of at most 32 split half and half).
     assert!(
         last_small < 80,
         "the small campaign's last send came {last_small}th of 310"
@@ -558,5 +558,60 @@ response_timeout = "1h"
         .find(|r| r.campaign == "second")
         .unwrap();
     assert_eq!(row.attempts, 1);
+    daemon.shutdown().await;
+}
+
+/// A paced line claims at most a second of its throughput at a time: claimed rows wait for
+/// the limiter as `sending` attempts, which a crash would leave held for `reconcile_after`.
+/// With claims sized by `max_in_flight` alone, all 40 rows here were claimed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_line_claims_no_more_than_a_second_of_its_throughput() {
+    let db = fresh_db().await;
+    let clock = ManualClock::new(monday_10_utc());
+    let text = format!(
+        r#"
+[server]
+database_url = "{}"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+tier = "unlimited"
+throughput_mps = 4
+max_in_flight = 64
+
+[[campaigns]]
+name = "slow"
+line = "main"
+lists = ["slow"]
+response_timeout = "1h"
+{TEMPLATE}
+"#,
+        db.url
+    );
+    let (daemon, cfg) = start(&text, &clock, all_delivered).await;
+    load_list(&daemon, "slow", &phones("+5511977", 40)).await;
+    begin(&daemon, &clock, &cfg, "slow").await;
+    let mut most_claimed = 0i64;
+    let mut samples = 0;
+    wait_until("12 templates sent at 4 msg/s", async || {
+        let claimed: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE status = 'sending'")
+                .fetch_one(daemon.store.pool())
+                .await
+                .unwrap();
+        most_claimed = most_claimed.max(claimed);
+        samples += 1;
+        let s = status(&daemon, &clock, &cfg, "slow").await;
+        (s.sent >= 12).then_some(())
+    })
+    .await;
+    assert!(samples > 10, "sampled only {samples} times");
+    assert!(most_claimed >= 1, "never saw a claimed row");
+    // A claim of 4, plus a send or two whose answer is being recorded.
+    assert!(
+        most_claimed <= 6,
+        "{most_claimed} attempts claimed at once on a 4 msg/s line"
+    );
     daemon.shutdown().await;
 }

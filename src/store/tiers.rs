@@ -137,13 +137,36 @@ impl Store {
             self.record_recipients(tx, budget, &all, now).await?;
             return Ok(vec![true; phones.len()]);
         }
-        if self.backend == Backend::Postgres {
-            // Serialises reservations of one portfolio across daemons.
-            sqlx::query("SELECT tier FROM portfolio_tiers WHERE portfolio = $1 FOR UPDATE")
-                .bind(&budget.portfolio)
-                .fetch_optional(&mut **tx)
-                .await?;
-        }
+        // `budget` was read before this transaction. A tier raised since then released the
+        // rows it held, so deciding on the old tier would hold them again, for a day: read it
+        // again here. On PostgreSQL the row lock also serialises reservations across daemons.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let stored: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT tier FROM portfolio_tiers WHERE portfolio = $1{lock}"
+        ))
+        .bind(&budget.portfolio)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let current;
+        let budget = match stored.and_then(|t| t.parse::<Tier>().ok()) {
+            Some(tier) if tier != budget.tier => {
+                current = TierBudget {
+                    portfolio: budget.portfolio.clone(),
+                    tier,
+                    ramp_cap: budget.ramp_cap.and(tier.limit().map(|l| l.div_ceil(2))),
+                };
+                if current.tier.limit().is_none() && current.ramp_cap.is_none() {
+                    let all: Vec<&str> = phones.iter().map(String::as_str).collect();
+                    self.record_recipients(tx, &current, &all, now).await?;
+                    return Ok(vec![true; phones.len()]);
+                }
+                &current
+            }
+            _ => budget,
+        };
         let (known, mut used) = self
             .reached_since(tx, budget, phones, now - DAY_MILLIS)
             .await?;

@@ -128,3 +128,66 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
     assert_eq!(s.waiting_for_tier, 0);
     daemon.shutdown().await;
 }
+
+/// A claim decides on a tier it read before its transaction. When the tier rises in between
+/// (and its raise has already released the held rows), the claim must see the new tier, not
+/// hold those rows again for a day. Seen once as a stalled PostgreSQL test under load.
+async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
+    use tiercast::domain::Tier;
+    use tiercast::import::{self, BytesSource, ImportOptions};
+    use tiercast::store::ClaimGate;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
+    let csv: String = std::iter::once("phone,name\n".to_string())
+        .chain(numbers(5).iter().map(|p| format!("{p},P\n")))
+        .collect();
+    let source = BytesSource {
+        name: "l.csv".into(),
+        bytes: csv.as_bytes(),
+    };
+    let opts = ImportOptions {
+        list: "l".into(),
+        default_country: None,
+        opt_in: false,
+        batch_size: 500,
+        progress: false,
+    };
+    import::import(&db.store, &clock, &source, &opts)
+        .await
+        .unwrap();
+    campaign::command(&db.store, &clock, &cfg, "c", CampaignCommand::Start)
+        .await
+        .unwrap();
+    let id = db.store.campaign_by_name("c").await.unwrap().unwrap().id;
+    let now = clock.now_millis();
+    let hold = now + 60_000;
+    let stale = db
+        .store
+        .tier_budget("acme", Some(Tier::Limited(2)))
+        .await
+        .unwrap();
+    let gate = ClaimGate {
+        budget: Some(&stale),
+        local_hours: None,
+    };
+    let first = db
+        .store
+        .claim_due(id, "main", now, hold, 2, &gate)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 2, "the tier of 2 admits two");
+    tiercast::tiers::apply(&db.store, &cfg, "acme", Tier::Limited(2000), "api", now)
+        .await
+        .unwrap();
+    let rest = db
+        .store
+        .claim_due(id, "main", now, hold, 10, &gate)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.len(),
+        3,
+        "claimed under the raised tier, not held for a day"
+    );
+}
+crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);

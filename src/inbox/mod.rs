@@ -58,10 +58,15 @@ impl Inbox {
         );
         let status_writes = {
             let store = store.clone();
+            let config = config.clone();
             GroupCommit::new(Arc::new(move |posts: Vec<Arc<[StatusRecord]>>| {
                 let store = store.clone();
-                Box::pin(async move { store.apply_status_posts(posts).await })
-                    as BoxFuture<'static, _>
+                let config = config.clone();
+                Box::pin(async move {
+                    store
+                        .apply_status_posts(posts, &|name| response_timeout(&config, name))
+                        .await
+                }) as BoxFuture<'static, _>
             }))
         };
         Inbox {
@@ -355,51 +360,20 @@ impl Inbox {
             }
         }
         let events = &steps[..];
-        let named: Vec<i64> = events
-            .iter()
-            .filter_map(|e| e.callback_data.as_deref().and_then(parse_callback_data))
-            .collect();
-        // A webhook that names an attempt still in flight (it beat the HTTP answer, or the
-        // daemon died before recording it) settles it; the campaign's response timeout gives
-        // the pending row its deadline. Usually none is in flight: the answer came first.
-        let in_flight = if named.is_empty() {
-            HashMap::new()
-        } else {
-            self.store.attempts_in_flight(&named).await?
-        };
-        let mut timeouts: HashMap<i64, Option<Millis>> = HashMap::new();
+        // The attempt a status names (our callback data) settles it if it is still in flight:
+        // the group commit looks that up once for its whole batch.
         let mut records = Vec::with_capacity(events.len());
         for ev in events {
             let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
             m::message_status(line, ev.status.as_str());
-            let at: Millis = ev.timestamp.saturating_mul(1000);
-            let attempt_id = ev
-                .callback_data
-                .as_deref()
-                .and_then(parse_callback_data)
-                .filter(|id| in_flight.contains_key(id));
-            let mut deadline = at;
-            if let Some(campaign_id) = attempt_id.and_then(|id| in_flight.get(&id)) {
-                if !timeouts.contains_key(campaign_id) {
-                    let timeout = self
-                        .campaign_config(*campaign_id)
-                        .await?
-                        .map(|c| c.response_timeout.as_millis() as Millis);
-                    timeouts.insert(*campaign_id, timeout);
-                }
-                if let Some(Some(timeout)) = timeouts.get(campaign_id) {
-                    deadline = at + timeout;
-                }
-            }
             let error = ev.errors.first();
             records.push(StatusRecord {
                 wamid: ev.wamid.clone(),
-                attempt_id,
+                attempt_id: ev.callback_data.as_deref().and_then(parse_callback_data),
                 status: ev.status.as_str().to_string(),
-                at,
+                at: ev.timestamp.saturating_mul(1000),
                 error_code: error.map(|e| e.code),
                 error_text: error.map(|e| e.title.clone()),
-                response_deadline: deadline,
             });
         }
         let records: Arc<[StatusRecord]> = records.into();
@@ -415,20 +389,18 @@ impl Inbox {
             }
         }
         if !again.is_empty() {
-            let retried: Vec<(StatusUpdate<'_>, Millis)> = again
+            let retried: Vec<StatusUpdate<'_>> = again
                 .iter()
-                .map(|(i, id)| {
-                    let (u, deadline) = records[*i].as_update();
-                    (
-                        StatusUpdate {
-                            wamid: id.as_str(),
-                            ..u
-                        },
-                        deadline,
-                    )
+                .map(|(i, id)| StatusUpdate {
+                    wamid: id.as_str(),
+                    ..records[*i].as_update()
                 })
                 .collect();
-            for ((i, _), a) in again.iter().zip(self.store.apply_statuses(&retried).await?) {
+            let timeouts = |name: &str| response_timeout(&self.config, name);
+            for ((i, _), a) in again
+                .iter()
+                .zip(self.store.apply_statuses(&retried, &timeouts).await?)
+            {
                 applied[*i] = AppliedStatus { known: true, ..a };
             }
         }
@@ -559,4 +531,11 @@ impl Inbox {
         };
         Ok(self.config.campaign(&name).cloned())
     }
+}
+
+/// The configured response timeout of the campaign named `name`, in milliseconds.
+fn response_timeout(config: &Config, name: &str) -> Option<Millis> {
+    config
+        .campaign(name)
+        .map(|c| c.response_timeout.as_millis() as Millis)
 }

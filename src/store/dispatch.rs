@@ -81,7 +81,7 @@ pub struct StatusUpdate<'a> {
     pub error_text: Option<&'a str>,
 }
 
-/// An owned [`StatusUpdate`] with its row's response deadline, queued for a group commit.
+/// An owned [`StatusUpdate`], queued for a group commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusRecord {
     pub wamid: String,
@@ -90,24 +90,24 @@ pub struct StatusRecord {
     pub at: Millis,
     pub error_code: Option<i64>,
     pub error_text: Option<String>,
-    pub response_deadline: Millis,
 }
 
 impl StatusRecord {
-    pub fn as_update(&self) -> (StatusUpdate<'_>, Millis) {
-        (
-            StatusUpdate {
-                wamid: &self.wamid,
-                attempt_id: self.attempt_id,
-                status: &self.status,
-                at: self.at,
-                error_code: self.error_code,
-                error_text: self.error_text.as_deref(),
-            },
-            self.response_deadline,
-        )
+    pub fn as_update(&self) -> StatusUpdate<'_> {
+        StatusUpdate {
+            wamid: &self.wamid,
+            attempt_id: self.attempt_id,
+            status: &self.status,
+            at: self.at,
+            error_code: self.error_code,
+            error_text: self.error_text.as_deref(),
+        }
     }
 }
+
+/// A campaign's response timeout by campaign name (from the configuration): a status that
+/// settles an attempt still in flight gives its row the deadline `at + timeout`.
+pub type ResponseTimeouts<'a> = dyn Fn(&str) -> Option<Millis> + Send + Sync + 'a;
 
 /// An accepted send to record: the attempt, the provider's message id and the row's response
 /// deadline.
@@ -553,48 +553,58 @@ impl Store {
     pub async fn apply_status_posts(
         &self,
         posts: Vec<std::sync::Arc<[StatusRecord]>>,
+        timeouts: &ResponseTimeouts<'_>,
     ) -> StoreResult<Vec<Vec<AppliedStatus>>> {
-        let updates: Vec<(StatusUpdate<'_>, Millis)> = posts
+        let updates: Vec<StatusUpdate<'_>> = posts
             .iter()
             .flat_map(|post| post.iter())
             .map(StatusRecord::as_update)
             .collect();
-        let mut applied = self.apply_statuses(&updates).await?.into_iter();
+        let mut applied = self.apply_statuses(&updates, timeouts).await?.into_iter();
         Ok(posts
             .iter()
             .map(|post| applied.by_ref().take(post.len()).collect())
             .collect())
     }
 
-    /// Applies one webhook's statuses in one transaction: each may settle the attempt it names
-    /// (when still in flight; the paired deadline is its response deadline), then moves the
-    /// message forward unless it is already further (SPEC §2 rule 8). A status of no campaign
-    /// row updates the inbox message of that wamid. One entry per update, in order.
+    /// Applies webhook statuses in one transaction: each may settle the attempt it names
+    /// (when still in flight, giving the row its response deadline from `timeouts`), then
+    /// moves the message forward unless it is already further (SPEC §2 rule 8). A status of no
+    /// campaign row updates the inbox message of that wamid. One entry per update, in order.
     pub async fn apply_statuses(
         &self,
-        updates: &[(StatusUpdate<'_>, Millis)],
+        updates: &[StatusUpdate<'_>],
+        timeouts: &ResponseTimeouts<'_>,
     ) -> StoreResult<Vec<AppliedStatus>> {
-        retry_deadlocks(|| self.apply_statuses_once(updates)).await
+        retry_deadlocks(|| self.apply_statuses_once(updates, timeouts)).await
     }
 
     async fn apply_statuses_once(
         &self,
-        updates: &[(StatusUpdate<'_>, Millis)],
+        updates: &[StatusUpdate<'_>],
+        timeouts: &ResponseTimeouts<'_>,
     ) -> StoreResult<Vec<AppliedStatus>> {
         let mut out = vec![AppliedStatus::default(); updates.len()];
         let mut tx = self.pool.begin().await?;
-        // A status naming an attempt still in flight settles it first, once per attempt.
+        // A status naming an attempt still in flight (it beat the HTTP answer, or the daemon
+        // died before recording it) settles it first, once per attempt. Usually none is: the
+        // answer came first. One lookup for the whole batch, not one per webhook POST.
+        let mut named: Vec<i64> = updates.iter().filter_map(|u| u.attempt_id).collect();
+        named.sort_unstable();
+        named.dedup();
+        let in_flight = self.attempts_in_flight(&mut tx, &named).await?;
         let mut seen = HashSet::new();
         let mut settles: Vec<Settle> = updates
             .iter()
-            .filter_map(|(u, deadline)| {
+            .filter_map(|u| {
                 let attempt_id = u.attempt_id.filter(|a| seen.insert(*a))?;
+                let campaign = in_flight.get(&attempt_id)?;
                 Some(Settle {
                     attempt_id,
                     wamid: u.wamid.to_string(),
                     wa_id: None,
                     now: u.at,
-                    response_deadline: *deadline,
+                    response_deadline: u.at + timeouts(campaign).unwrap_or(0),
                 })
             })
             .collect();
@@ -604,7 +614,7 @@ impl Store {
         // One multi-row UPDATE per status word, lowest rank first, so sent → delivered → read
         // of one message all apply whatever order they came in.
         let mut by_rank: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
-        for (i, (u, _)) in updates.iter().enumerate() {
+        for (i, u) in updates.iter().enumerate() {
             match status_rank(u.status) {
                 // A word of no step we track: nothing to apply, nothing to look for.
                 r if r < 0 => out[i].known = true,
@@ -614,7 +624,7 @@ impl Store {
         let mut wamids: Vec<&str> = by_rank
             .values()
             .flatten()
-            .map(|i| updates[*i].0.wamid)
+            .map(|i| updates[*i].wamid)
             .collect();
         wamids.sort_unstable();
         wamids.dedup();
@@ -654,7 +664,7 @@ impl Store {
             if out[*i].advanced.is_some() {
                 continue;
             }
-            let update = &updates[*i].0;
+            let update = &updates[*i];
             out[*i].known = in_hopper.contains(update.wamid)
                 || sqlx::query(
                     "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'",
@@ -677,7 +687,7 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         rank: i64,
-        updates: &[(StatusUpdate<'_>, Millis)],
+        updates: &[StatusUpdate<'_>],
         chunk: &[usize],
         out: &mut [AppliedStatus],
         in_hopper: &mut HashSet<String>,
@@ -687,9 +697,9 @@ impl Store {
         let rows: Vec<usize> = chunk
             .iter()
             .copied()
-            .filter(|i| first.insert(updates[*i].0.wamid, *i).is_none())
+            .filter(|i| first.insert(updates[*i].wamid, *i).is_none())
             .collect();
-        let status = updates[rows[0]].0.status;
+        let status = updates[rows[0]].status;
         let failed = status == "failed";
         let set_more = match status {
             "delivered" => ", delivered_at = COALESCE(hopper.delivered_at, v.at)",
@@ -714,7 +724,7 @@ impl Store {
         ));
         let mut q = sqlx::query(&sql);
         for i in padded(&rows) {
-            let u = &updates[*i].0;
+            let u = &updates[*i];
             q = q.bind(u.wamid).bind(u.at);
             if failed {
                 q = q.bind(u.error_code).bind(u.error_text);
@@ -758,19 +768,24 @@ impl Store {
     }
 
     /// Which of these attempts are still in flight (`sending` or `unknown`), with their
-    /// campaign: a status naming one settles it.
-    pub async fn attempts_in_flight(&self, ids: &[i64]) -> StoreResult<HashMap<i64, i64>> {
+    /// campaign's name: a status naming one settles it.
+    async fn attempts_in_flight(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        ids: &[i64],
+    ) -> StoreResult<HashMap<i64, String>> {
         let mut out = HashMap::new();
         for chunk in ids.chunks(STATUS_CHUNK) {
             let sql = self.bulk_sql(format!(
-                "SELECT id, campaign_id FROM attempts WHERE status IN ('sending', 'unknown') AND id IN ({})",
+                "SELECT a.id, c.name FROM attempts a JOIN campaigns c ON c.id = a.campaign_id \
+                 WHERE a.status IN ('sending', 'unknown') AND a.id IN ({})",
                 placeholders(1, padded_len(chunk.len()))
             ));
             let mut q = sqlx::query(&sql);
             for id in padded(chunk) {
                 q = q.bind(*id);
             }
-            for row in q.fetch_all(&self.pool).await? {
+            for row in q.fetch_all(&mut **tx).await? {
                 out.insert(row.try_get(0)?, row.try_get(1)?);
             }
         }

@@ -593,18 +593,28 @@ impl Store {
         named.sort_unstable();
         named.dedup();
         let in_flight = self.attempts_in_flight(&mut tx, &named).await?;
+        // The row's response deadline counts from its earliest status here (`sent`, when
+        // present), not from whichever status came first: a `read` may arrive first.
+        let mut earliest: HashMap<i64, Millis> = HashMap::new();
+        for u in updates {
+            if let Some(a) = u.attempt_id.filter(|a| in_flight.contains_key(a)) {
+                let at = earliest.entry(a).or_insert(u.at);
+                *at = (*at).min(u.at);
+            }
+        }
         let mut seen = HashSet::new();
         let mut settles: Vec<Settle> = updates
             .iter()
             .filter_map(|u| {
                 let attempt_id = u.attempt_id.filter(|a| seen.insert(*a))?;
                 let campaign = in_flight.get(&attempt_id)?;
+                let at = earliest.get(&attempt_id).copied().unwrap_or(u.at);
                 Some(Settle {
                     attempt_id,
                     wamid: u.wamid.to_string(),
                     wa_id: None,
-                    now: u.at,
-                    response_deadline: u.at + timeouts(campaign).unwrap_or(0),
+                    now: at,
+                    response_deadline: at + timeouts(campaign).unwrap_or(0),
                 })
             })
             .collect();

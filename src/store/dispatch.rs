@@ -593,29 +593,25 @@ impl Store {
         named.sort_unstable();
         named.dedup();
         let in_flight = self.attempts_in_flight(&mut tx, &named).await?;
-        // The row's response deadline counts from its earliest status here (`sent`, when
-        // present), not from whichever status came first: a `read` may arrive first.
-        let mut earliest: HashMap<i64, Millis> = HashMap::new();
+        // One settle per attempt in flight, its response deadline counted from the attempt's
+        // earliest status here (`sent`, when present): a `read` may arrive first.
+        let mut earliest: HashMap<i64, &StatusUpdate<'_>> = HashMap::new();
         for u in updates {
             if let Some(a) = u.attempt_id.filter(|a| in_flight.contains_key(a)) {
-                let at = earliest.entry(a).or_insert(u.at);
-                *at = (*at).min(u.at);
+                let first = earliest.entry(a).or_insert(u);
+                if u.at < first.at {
+                    *first = u;
+                }
             }
         }
-        let mut seen = HashSet::new();
-        let mut settles: Vec<Settle> = updates
-            .iter()
-            .filter_map(|u| {
-                let attempt_id = u.attempt_id.filter(|a| seen.insert(*a))?;
-                let campaign = in_flight.get(&attempt_id)?;
-                let at = earliest.get(&attempt_id).copied().unwrap_or(u.at);
-                Some(Settle {
-                    attempt_id,
-                    wamid: u.wamid.to_string(),
-                    wa_id: None,
-                    now: at,
-                    response_deadline: at + timeouts(campaign).unwrap_or(0),
-                })
+        let mut settles: Vec<Settle> = earliest
+            .into_iter()
+            .map(|(attempt_id, u)| Settle {
+                attempt_id,
+                wamid: u.wamid.to_string(),
+                wa_id: None,
+                now: u.at,
+                response_deadline: u.at + timeouts(&in_flight[&attempt_id]).unwrap_or(0),
             })
             .collect();
         settles.sort_by_key(|s| s.attempt_id);

@@ -23,6 +23,11 @@ pub struct TierBudget {
 }
 
 impl TierBudget {
+    /// No limit and no ramp cap: every recipient is admitted.
+    fn is_unlimited(&self) -> bool {
+        self.tier.limit().is_none() && self.ramp_cap.is_none()
+    }
+
     /// The same budget for a `ramp = true` campaign: new recipients stop once the portfolio
     /// qualifies for its next tier, and resume when the tier rises. No cap at the top.
     pub fn ramped(&self) -> TierBudget {
@@ -130,43 +135,43 @@ impl Store {
         phones: &[String],
         now: Millis,
     ) -> StoreResult<Vec<bool>> {
-        if budget.tier.limit().is_none() && budget.ramp_cap.is_none() {
+        let current;
+        let budget = if budget.is_unlimited() {
+            budget
+        } else {
+            // `budget` was read before this transaction. A tier raised since then released
+            // the rows it held, so deciding on the old tier would hold them again, for a day:
+            // read it again here. On PostgreSQL the row lock also serialises reservations
+            // across daemons.
+            let lock = match self.backend {
+                Backend::Postgres => " FOR UPDATE",
+                Backend::Sqlite => "",
+            };
+            let stored: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT tier FROM portfolio_tiers WHERE portfolio = $1{lock}"
+            ))
+            .bind(&budget.portfolio)
+            .fetch_optional(&mut **tx)
+            .await?;
+            match stored.and_then(|t| t.parse::<Tier>().ok()) {
+                Some(tier) if tier != budget.tier => {
+                    current = TierBudget {
+                        portfolio: budget.portfolio.clone(),
+                        tier,
+                        ramp_cap: budget.ramp_cap.and(tier.limit().map(|l| l.div_ceil(2))),
+                    };
+                    &current
+                }
+                _ => budget,
+            }
+        };
+        if budget.is_unlimited() {
             // Unlimited: every recipient is admitted; they are still recorded (for the
             // 24-hour use the metrics show, and in case the tier drops).
             let all: Vec<&str> = phones.iter().map(String::as_str).collect();
             self.record_recipients(tx, budget, &all, now).await?;
             return Ok(vec![true; phones.len()]);
         }
-        // `budget` was read before this transaction. A tier raised since then released the
-        // rows it held, so deciding on the old tier would hold them again, for a day: read it
-        // again here. On PostgreSQL the row lock also serialises reservations across daemons.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let stored: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT tier FROM portfolio_tiers WHERE portfolio = $1{lock}"
-        ))
-        .bind(&budget.portfolio)
-        .fetch_optional(&mut **tx)
-        .await?;
-        let current;
-        let budget = match stored.and_then(|t| t.parse::<Tier>().ok()) {
-            Some(tier) if tier != budget.tier => {
-                current = TierBudget {
-                    portfolio: budget.portfolio.clone(),
-                    tier,
-                    ramp_cap: budget.ramp_cap.and(tier.limit().map(|l| l.div_ceil(2))),
-                };
-                if current.tier.limit().is_none() && current.ramp_cap.is_none() {
-                    let all: Vec<&str> = phones.iter().map(String::as_str).collect();
-                    self.record_recipients(tx, &current, &all, now).await?;
-                    return Ok(vec![true; phones.len()]);
-                }
-                &current
-            }
-            _ => budget,
-        };
         let (known, mut used) = self
             .reached_since(tx, budget, phones, now - DAY_MILLIS)
             .await?;

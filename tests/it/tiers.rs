@@ -134,31 +134,8 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
 /// hold those rows again for a day. Seen once as a stalled PostgreSQL test under load.
 async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
     use tiercast::domain::Tier;
-    use tiercast::import::{self, BytesSource, ImportOptions};
     use tiercast::store::ClaimGate;
-    let clock = ManualClock::new(chrono::Utc::now());
-    let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
-    let csv: String = std::iter::once("phone,name\n".to_string())
-        .chain(numbers(5).iter().map(|p| format!("{p},P\n")))
-        .collect();
-    let source = BytesSource {
-        name: "l.csv".into(),
-        bytes: csv.as_bytes(),
-    };
-    let opts = ImportOptions {
-        list: "l".into(),
-        default_country: None,
-        opt_in: false,
-        batch_size: 500,
-        progress: false,
-    };
-    import::import(&db.store, &clock, &source, &opts)
-        .await
-        .unwrap();
-    campaign::command(&db.store, &clock, &cfg, "c", CampaignCommand::Start)
-        .await
-        .unwrap();
-    let id = db.store.campaign_by_name("c").await.unwrap().unwrap().id;
+    let (clock, cfg, id) = started_without_daemon(&db, 5).await;
     let now = clock.now_millis();
     let hold = now + 60_000;
     let stale = db
@@ -191,3 +168,79 @@ async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
     );
 }
 crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);
+
+/// `n` contacts imported into list `l` and campaign `c` started, straight on the store.
+async fn started_without_daemon(db: &TestDb, n: usize) -> (ManualClock, Config, i64) {
+    use tiercast::import::{self, BytesSource, ImportOptions};
+    let clock = ManualClock::new(chrono::Utc::now());
+    let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
+    let csv: String = std::iter::once("phone,name\n".to_string())
+        .chain(numbers(n).iter().map(|p| format!("{p},P\n")))
+        .collect();
+    let source = BytesSource {
+        name: "l.csv".into(),
+        bytes: csv.as_bytes(),
+    };
+    let opts = ImportOptions {
+        list: "l".into(),
+        default_country: None,
+        opt_in: false,
+        batch_size: 500,
+        progress: false,
+    };
+    import::import(&db.store, &clock, &source, &opts)
+        .await
+        .unwrap();
+    campaign::command(&db.store, &clock, &cfg, "c", CampaignCommand::Start)
+        .await
+        .unwrap();
+    let id = db.store.campaign_by_name("c").await.unwrap().unwrap().id;
+    (clock, cfg, id)
+}
+
+/// A status webhook that settles an attempt still in flight gives the row its response
+/// deadline from the attempt's earliest status in the batch, whatever order they came in.
+async fn a_webhook_settle_counts_the_deadline_from_the_earliest_status(db: TestDb) {
+    use tiercast::store::{ClaimGate, StatusUpdate};
+    let (clock, _cfg, id) = started_without_daemon(&db, 1).await;
+    let now = clock.now_millis();
+    let gate = ClaimGate {
+        budget: None,
+        local_hours: None,
+    };
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, 1, &gate)
+        .await
+        .unwrap();
+    let status = |status, at| StatusUpdate {
+        wamid: "wamid.first",
+        attempt_id: Some(claimed[0].attempt_id),
+        status,
+        at,
+        error_code: None,
+        error_text: None,
+    };
+    let t = now + 1_000;
+    let applied = db
+        .store
+        .apply_statuses(&[status("read", t + 2_000), status("sent", t)], &|name| {
+            (name == "c").then_some(3_600_000)
+        })
+        .await
+        .unwrap();
+    assert!(applied.iter().all(|a| a.known));
+    let (state, deadline): (String, i64) =
+        sqlx::query_as("SELECT state, response_deadline FROM hopper WHERE campaign_id = $1")
+            .bind(id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, "pending");
+    assert_eq!(
+        deadline,
+        t + 3_600_000,
+        "from the sent status, not the read"
+    );
+}
+crate::both_backends!(a_webhook_settle_counts_the_deadline_from_the_earliest_status);

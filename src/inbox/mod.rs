@@ -59,12 +59,14 @@ impl Inbox {
         let status_writes = {
             let store = store.clone();
             let config = config.clone();
+            let clock = clock.clone();
             GroupCommit::new(Arc::new(move |posts: Vec<Arc<[StatusRecord]>>| {
                 let store = store.clone();
                 let config = config.clone();
+                let now = clock.now_millis();
                 Box::pin(async move {
                     store
-                        .apply_status_posts(posts, &|name| response_timeout(&config, name))
+                        .apply_status_posts(posts, &|name| response_timeout(&config, name), now)
                         .await
                 }) as BoxFuture<'static, _>
             }))
@@ -397,10 +399,11 @@ impl Inbox {
                 })
                 .collect();
             let timeouts = |name: &str| response_timeout(&self.config, name);
-            for ((i, _), a) in again
-                .iter()
-                .zip(self.store.apply_statuses(&retried, &timeouts).await?)
-            {
+            for ((i, _), a) in again.iter().zip(
+                self.store
+                    .apply_statuses(&retried, &timeouts, self.clock.now_millis())
+                    .await?,
+            ) {
                 applied[*i] = AppliedStatus { known: true, ..a };
             }
         }

@@ -21,9 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::delivery::{lock, Job};
-use super::{
-    fate, now_unix, Bucket, Fate, InboundSpec, LedgerEntry, SimError, SimTemplate, Simulator,
-};
+use super::{fate, Bucket, Fate, InboundSpec, LedgerEntry, SimError, SimTemplate, Simulator};
 
 /// One simulated Gupshup app (an app name, its business number and the account's key).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,11 +280,8 @@ impl Simulator {
         }
     }
 
-    fn envelope(app: &GsApp, kind: &str, payload: Value) -> Value {
-        let ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+    fn envelope(&self, app: &GsApp, kind: &str, payload: Value) -> Value {
+        let ms = self.now_ms();
         json!({ "app": app.cfg.app_name, "phone": app.cfg.source, "timestamp": ms,
                 "version": 2, "type": kind, "payload": payload })
     }
@@ -425,7 +420,7 @@ impl Simulator {
             "payload": { "whatsappMessageId": wamid, "type": "template" } });
         let dlr = |kind: &str, i: i64| {
             json!({ "id": wamid, "gsId": gs_id, "type": kind, "destination": to,
-                    "payload": { "ts": now_unix() + i } })
+                    "payload": { "ts": self.now_unix() + i } })
         };
         let mut payloads = match fate {
             Fate::NoWebhook => vec![],
@@ -450,7 +445,7 @@ impl Simulator {
         }
         payloads
             .into_iter()
-            .map(|p| Self::envelope(app, "message-event", p))
+            .map(|p| self.envelope(app, "message-event", p))
             .collect()
     }
 
@@ -537,7 +532,7 @@ impl Simulator {
                 _ => json!({ "id": c }),
             };
         }
-        let mut body = Self::envelope(app, "message", msg);
+        let mut body = self.envelope(app, "message", msg);
         if let Some(ts) = spec.timestamp {
             body["timestamp"] = (ts * 1000).into();
         }
@@ -558,7 +553,7 @@ impl Simulator {
         else {
             return false;
         };
-        self.gs_post(a, vec![Self::envelope(a, kind, payload)]);
+        self.gs_post(a, vec![self.envelope(a, kind, payload)]);
         true
     }
 }

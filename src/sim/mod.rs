@@ -370,13 +370,6 @@ pub(crate) fn trace_id() -> String {
         .collect()
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let now = Instant::now();
@@ -698,7 +691,7 @@ impl Simulator {
         let kind = spec.kind.as_deref().unwrap_or("text");
         let text = spec.text.clone().unwrap_or_default();
         let payload = spec.payload.clone().unwrap_or_else(|| text.clone());
-        let at = spec.timestamp.unwrap_or_else(now_unix);
+        let at = spec.timestamp.unwrap_or_else(|| self.now_unix());
         let mut msg = json!({ "id": wamid, "timestamp": at.to_string(), "type": kind });
         let obj = msg
             .as_object_mut()
@@ -816,7 +809,7 @@ impl Simulator {
                 "detail": detail,
                 "category": "marketing_messages",
                 "value": spec.value,
-                "timestamp": spec.timestamp.unwrap_or_else(now_unix),
+                "timestamp": spec.timestamp.unwrap_or_else(|| self.now_unix()),
             }],
         });
         self.enqueue_change(&line.target, "user_preferences", value);
@@ -980,6 +973,12 @@ impl Simulator {
             Some(c) => c.now_millis(),
             None => crate::clock::SystemClock.now_millis(),
         }
+    }
+
+    /// Webhook timestamps (Unix seconds) come from the same clock as the ledger: a test that
+    /// drives time by hand sees statuses stamped in its own time, not the wall clock's.
+    pub(crate) fn now_unix(&self) -> i64 {
+        self.now_ms().div_euclid(1000)
     }
 
     /// The pair rate: 131056 when this recipient has had its burst on this line.
@@ -1246,7 +1245,7 @@ impl Simulator {
                 pricing_type,
                 conversation: graph_major(version) <= 23,
             };
-            let t0 = now_unix();
+            let t0 = self.now_unix();
             let steps: &[(&str, bool)] = match fate {
                 Fate::Delivered => &[("sent", true), ("delivered", true)],
                 Fate::Read => &[("sent", true), ("delivered", true), ("read", false)],

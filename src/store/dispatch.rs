@@ -554,13 +554,17 @@ impl Store {
         &self,
         posts: Vec<std::sync::Arc<[StatusRecord]>>,
         timeouts: &ResponseTimeouts<'_>,
+        now: Millis,
     ) -> StoreResult<Vec<Vec<AppliedStatus>>> {
         let updates: Vec<StatusUpdate<'_>> = posts
             .iter()
             .flat_map(|post| post.iter())
             .map(StatusRecord::as_update)
             .collect();
-        let mut applied = self.apply_statuses(&updates, timeouts).await?.into_iter();
+        let mut applied = self
+            .apply_statuses(&updates, timeouts, now)
+            .await?
+            .into_iter();
         Ok(posts
             .iter()
             .map(|post| applied.by_ref().take(post.len()).collect())
@@ -571,18 +575,21 @@ impl Store {
     /// (when still in flight, giving the row its response deadline from `timeouts`), then
     /// moves the message forward unless it is already further (SPEC §2 rule 8). A status of no
     /// campaign row updates the inbox message of that wamid. One entry per update, in order.
+    /// `now` is the daemon's time: a settle never counts from a status stamped later.
     pub async fn apply_statuses(
         &self,
         updates: &[StatusUpdate<'_>],
         timeouts: &ResponseTimeouts<'_>,
+        now: Millis,
     ) -> StoreResult<Vec<AppliedStatus>> {
-        retry_deadlocks(|| self.apply_statuses_once(updates, timeouts)).await
+        retry_deadlocks(|| self.apply_statuses_once(updates, timeouts, now)).await
     }
 
     async fn apply_statuses_once(
         &self,
         updates: &[StatusUpdate<'_>],
         timeouts: &ResponseTimeouts<'_>,
+        now: Millis,
     ) -> StoreResult<Vec<AppliedStatus>> {
         let mut out = vec![AppliedStatus::default(); updates.len()];
         let mut tx = self.pool.begin().await?;
@@ -594,7 +601,9 @@ impl Store {
         named.dedup();
         let in_flight = self.attempts_in_flight(&mut tx, &named).await?;
         // One settle per attempt in flight, its response deadline counted from the attempt's
-        // earliest status here (`sent`, when present): a `read` may arrive first.
+        // earliest status here (`sent`, when present): a `read` may arrive first. A timestamp
+        // ahead of the daemon's clock (skew, or a provider's milliseconds read as seconds)
+        // counts from `now`, or the row would wait past its timeout, perhaps for ever.
         let mut earliest: HashMap<i64, &StatusUpdate<'_>> = HashMap::new();
         for u in updates {
             if let Some(a) = u.attempt_id.filter(|a| in_flight.contains_key(a)) {
@@ -606,12 +615,15 @@ impl Store {
         }
         let mut settles: Vec<Settle> = earliest
             .into_iter()
-            .map(|(attempt_id, u)| Settle {
-                attempt_id,
-                wamid: u.wamid.to_string(),
-                wa_id: None,
-                now: u.at,
-                response_deadline: u.at + timeouts(&in_flight[&attempt_id]).unwrap_or(0),
+            .map(|(attempt_id, u)| {
+                let sent_at = u.at.min(now);
+                Settle {
+                    attempt_id,
+                    wamid: u.wamid.to_string(),
+                    wa_id: None,
+                    now: sent_at,
+                    response_deadline: sent_at + timeouts(&in_flight[&attempt_id]).unwrap_or(0),
+                }
             })
             .collect();
         settles.sort_by_key(|s| s.attempt_id);

@@ -615,3 +615,47 @@ response_timeout = "1h"
     );
     daemon.shutdown().await;
 }
+
+/// When the provider's answer is slow, the status webhook settles the attempt first. The row
+/// must still time out on the daemon's clock: the simulator once stamped its statuses with the
+/// wall clock, so a test clock behind it left such rows `pending` for good (a CI flake of
+/// `pair_rate_gap_and_131056_visible_in_the_ledger`, reproduced here every time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_settled_by_its_webhook_times_out_on_the_daemons_clock() {
+    let db = fresh_db().await;
+    let clock = ManualClock::new(monday_10_utc());
+    let text = format!(
+        r#"
+[server]
+database_url = "{}"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+
+[[campaigns]]
+name = "slow_answers"
+line = "main"
+lists = ["l"]
+response_timeout = "2s"
+{TEMPLATE}
+"#,
+        db.url
+    );
+    let (daemon, cfg) = start(&text, &clock, |sim| {
+        all_delivered(sim);
+        sim.faults.slow = 1.0;
+        sim.faults.slow_ms = 400;
+    })
+    .await;
+    load_list(&daemon, "l", &phones("+5511977", 3)).await;
+    begin(&daemon, &clock, &cfg, "slow_answers").await;
+    wait_status(&daemon, &clock, &cfg, "slow_answers", |s| s.sent == 3).await;
+    clock.advance(Duration::from_secs(3));
+    let s = wait_status(&daemon, &clock, &cfg, "slow_answers", |s| {
+        s.outcomes["no_answer"] == 3
+    })
+    .await;
+    assert_eq!(s.hopper["closed"], 3);
+    daemon.shutdown().await;
+}

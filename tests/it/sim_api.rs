@@ -404,7 +404,14 @@ fn webhook_cfg(url: String, mode: WebhookMode) -> SimConfig {
 #[tokio::test]
 async fn signed_status_webhooks_follow_fates() {
     let (rx, url) = spawn_receiver(0).await;
-    let (sim, base) = spawn_sim(webhook_cfg(url, WebhookMode::default())).await;
+    // Statuses are stamped from the simulator's clock, which tests drive by hand.
+    let clock = tiercast::clock::ManualClock::new("2026-11-23T10:00:00Z".parse().unwrap());
+    let sent_at = 1_795_428_000; // 2026-11-23T10:00:00Z in Unix seconds
+    let (sim, base) = spawn_sim(SimConfig {
+        clock: Some(Arc::new(clock)),
+        ..webhook_cfg(url, WebhookMode::default())
+    })
+    .await;
     sim.force_fate("16505550001", Fate::Failed(131026));
     sim.force_fate("+1 650 555 0002", Fate::Read);
     sim.force_fate("16505550003", Fate::Delivered);
@@ -437,7 +444,8 @@ async fn signed_status_webhooks_follow_fates() {
             MessageStatus::Read
         ]
     );
-    assert!(of(&wamids[1]).iter().all(|s| s.timestamp > 1_700_000_000));
+    let stamps: Vec<i64> = of(&wamids[1]).iter().map(|s| s.timestamp).collect();
+    assert_eq!(stamps, [sent_at, sent_at + 1, sent_at + 2]);
     assert_eq!(
         of(&wamids[1])[0].pricing_category.as_deref(),
         Some("marketing")

@@ -199,10 +199,12 @@ async fn started_without_daemon(db: &TestDb, n: usize) -> (ManualClock, Config, 
 }
 
 /// A status webhook that settles an attempt still in flight gives the row its response
-/// deadline from the attempt's earliest status in the batch, whatever order they came in.
+/// deadline from the attempt's earliest status in the batch, whatever order they came in, and
+/// never from a time ahead of the daemon's clock: the simulator once stamped statuses with the
+/// wall clock in tests that drive time by hand, and such a row stayed `pending` for good.
 async fn a_webhook_settle_counts_the_deadline_from_the_earliest_status(db: TestDb) {
     use tiercast::store::{ClaimGate, StatusUpdate};
-    let (clock, _cfg, id) = started_without_daemon(&db, 1).await;
+    let (clock, _cfg, id) = started_without_daemon(&db, 2).await;
     let now = clock.now_millis();
     let gate = ClaimGate {
         budget: None,
@@ -210,37 +212,55 @@ async fn a_webhook_settle_counts_the_deadline_from_the_earliest_status(db: TestD
     };
     let claimed = db
         .store
-        .claim_due(id, "main", now, now + 60_000, 1, &gate)
+        .claim_due(id, "main", now, now + 60_000, 2, &gate)
         .await
         .unwrap();
-    let status = |status, at| StatusUpdate {
-        wamid: "wamid.first",
-        attempt_id: Some(claimed[0].attempt_id),
+    assert_eq!(claimed.len(), 2);
+    let (early, skewed) = (claimed[0].attempt_id, claimed[1].attempt_id);
+    let status = |wamid, attempt_id, status, at| StatusUpdate {
+        wamid,
+        attempt_id: Some(attempt_id),
         status,
         at,
         error_code: None,
         error_text: None,
     };
     let t = now + 1_000;
+    let settled_at = now + 5_000;
+    let day = 86_400_000;
     let applied = db
         .store
-        .apply_statuses(&[status("read", t + 2_000), status("sent", t)], &|name| {
-            (name == "c").then_some(3_600_000)
-        })
+        .apply_statuses(
+            &[
+                status("wamid.early", early, "read", t + 2_000),
+                status("wamid.early", early, "sent", t),
+                status("wamid.skewed", skewed, "sent", settled_at + day),
+            ],
+            &|name| (name == "c").then_some(3_600_000),
+            settled_at,
+        )
         .await
         .unwrap();
     assert!(applied.iter().all(|a| a.known));
-    let (state, deadline): (String, i64) =
-        sqlx::query_as("SELECT state, response_deadline FROM hopper WHERE campaign_id = $1")
-            .bind(id)
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
-    assert_eq!(state, "pending");
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT wamid, state, response_deadline FROM hopper WHERE campaign_id = $1 ORDER BY wamid",
+    )
+    .bind(id)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
     assert_eq!(
-        deadline,
-        t + 3_600_000,
-        "from the sent status, not the read"
+        rows,
+        vec![
+            // From the sent status, not the read.
+            ("wamid.early".into(), "pending".into(), t + 3_600_000),
+            // From the daemon's clock, not a day ahead.
+            (
+                "wamid.skewed".into(),
+                "pending".into(),
+                settled_at + 3_600_000
+            ),
+        ]
     );
 }
 crate::both_backends!(a_webhook_settle_counts_the_deadline_from_the_earliest_status);

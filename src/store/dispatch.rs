@@ -320,15 +320,25 @@ impl Store {
         for row in q.fetch_all(&mut *tx).await? {
             attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
         }
+        if attempt_of.len() != claimed.len() {
+            // Dropping the transaction rolls the claim back: nothing is left half-claimed.
+            return Err(StoreError::Corrupt(format!(
+                "{} attempts opened for {} claimed rows",
+                attempt_of.len(),
+                claimed.len()
+            )));
+        }
+        // Each row names the attempt just opened for it: one join, no lookup per row.
+        let opened: Vec<(i64, i64)> = attempt_of.iter().map(|(h, a)| (*h, *a)).collect();
         let sql = self.bulk_sql(format!(
-            "UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = \
-               (SELECT MAX(a.id) FROM attempts a WHERE a.hopper_id = hopper.id AND a.status = 'sending') \
-             WHERE id IN ({})",
-            placeholders(1, padded_len(claimed.len()))
+            "WITH v (hopper_id, attempt_id) AS (VALUES {}) \
+             UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = v.attempt_id \
+             FROM v WHERE hopper.id = v.hopper_id",
+            value_rows(padded_len(opened.len()), 2, 1)
         ));
         let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in padded(&claimed) {
-            q = q.bind(*hopper_id);
+        for (hopper_id, attempt_id) in padded(&opened) {
+            q = q.bind(*hopper_id).bind(*attempt_id);
         }
         q.execute(&mut *tx).await?;
         tx.commit().await?;

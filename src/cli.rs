@@ -137,6 +137,10 @@ pub enum Command {
         /// per POST (1 = one status each; Meta batches up to 1000)
         #[arg(long, value_name = "BATCH")]
         webhooks: Option<usize>,
+        /// Delay the simulator adds to every send answer, in milliseconds (Meta's median is up
+        /// to 250): shows how many requests in flight a line needs for its rate
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
     },
     /// Templates: fetch them from the provider, or show the synced ones
     Templates {
@@ -429,12 +433,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             lines,
             daemons,
             webhooks: None,
+            latency_ms,
         } => crate::bench::run(crate::bench::BenchOptions {
             contacts,
             database_url: cli.global.database_url.clone(),
             in_flight,
             lines,
             daemons,
+            latency_ms,
         })
         .await
         .map_err(CliError::Failure)?,

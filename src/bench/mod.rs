@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub lines: usize,
     /// Daemons on the database: this process and `daemons - 1` `tiercast serve` children.
     pub daemons: usize,
+    /// Added by the simulator to every send answer.
+    pub latency_ms: u64,
 }
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -117,6 +119,8 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
             .arg(format!("127.0.0.1:{sim_port}"))
             .arg("--config")
             .arg(&config_path)
+            .arg("--latency-ms")
+            .arg(options.latency_ms.to_string())
             .stdout(Stdio::null());
         if webhooks {
             cmd.arg("--webhook-url")

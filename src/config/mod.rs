@@ -297,6 +297,19 @@ pub struct TemplateRef {
     pub language: String,
 }
 
+/// Requests in flight a line allows unless configured: half a second of its top rate, at
+/// least 64. Rate = requests in flight / answer time, and Meta answers in up to 250 ms at the
+/// median (1 % over a second), so 64 would hold a line upgraded to 1,000 msg/s near 250 msg/s;
+/// half a second covers answers twice the median. The pacer, not this, keeps the rate.
+fn default_in_flight(throughput_mps: u32, follows_upgrades: bool) -> usize {
+    let top = if follows_upgrades {
+        throughput_mps.max(1000)
+    } else {
+        throughput_mps
+    };
+    (top as usize).div_ceil(2).max(64)
+}
+
 #[derive(Debug, Clone)]
 pub struct Line {
     /// `lines[3]`: the key prefix, so errors found later (a missing secret) still name it.
@@ -906,7 +919,12 @@ impl Validator<'_> {
             verify_token_env: raw.verify_token_env,
             throughput_mps,
             follow_throughput_upgrades: raw.follow_throughput_upgrades.unwrap_or(false),
-            max_in_flight: raw.max_in_flight.unwrap_or(64).max(1),
+            max_in_flight: raw
+                .max_in_flight
+                .unwrap_or_else(|| {
+                    default_in_flight(throughput_mps, raw.follow_throughput_upgrades == Some(true))
+                })
+                .max(1),
             request_timeout,
             time_group: raw.time_group,
             out_of_hours_text: raw.out_of_hours_text,

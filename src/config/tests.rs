@@ -58,6 +58,31 @@ fn defaults_apply() {
     assert_eq!(cfg.inbox.opt_out_keywords.len(), 5);
 }
 
+/// Enough requests in flight for the line's top rate at Meta's answer times: 64 would hold a
+/// line upgraded to 1,000 msg/s near 250 msg/s (`tiercast bench --latency-ms 250`).
+#[test]
+fn requests_in_flight_follow_the_lines_top_rate() {
+    let with = |extra: &str| {
+        let text = BASE.replace(
+            "portfolio = \"acme\"\n",
+            &format!("portfolio = \"acme\"\n{extra}\n"),
+        );
+        parse(&text).unwrap().lines[0].max_in_flight
+    };
+    assert_eq!(with(""), 64, "80 msg/s: the floor");
+    assert_eq!(with("throughput_mps = 1000"), 500);
+    assert_eq!(
+        with("follow_throughput_upgrades = true"),
+        500,
+        "may reach 1,000"
+    );
+    assert_eq!(
+        with("throughput_mps = 1000\nmax_in_flight = 32"),
+        32,
+        "as configured"
+    );
+}
+
 #[test]
 fn unknown_key_names_key_and_line() {
     let e = err(&format!(

@@ -18,24 +18,17 @@ use tiercast::sim::FateMix;
 /// A daemon whose one contact was sent a template the simulator reports nothing about, so
 /// every status the test posts is the only news of it. Returns the daemon and the wamid.
 async fn daemon_with_one_sent_message(db: &TestDb) -> (Daemon, String) {
-    let text = format!(
+    let text = main_line_config(
+        &db.url,
+        r#"tier = "unlimited""#,
         r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-tier = "unlimited"
-
 [[campaigns]]
 name = "c"
 line = "main"
-template = {{ name = "renewal_reminder", language = "pt_BR" }}
+template = { name = "renewal_reminder", language = "pt_BR" }
 lists = ["l"]
-variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:30%" }}
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:30%" }
 "#,
-        db.url
     );
     let config = Config::parse(&text, "test.toml").unwrap();
     let clock: SharedClock = Arc::new(SystemClock);

@@ -131,6 +131,22 @@ pub fn config(text: &str) -> Config {
     Config::parse(text, "test.toml").unwrap()
 }
 
+/// Test configuration text: the database, one simulator line `main` with `line_keys` (TOML
+/// lines), then `rest` (campaigns, time groups…).
+pub fn main_line_config(db_url: &str, line_keys: &str, rest: &str) -> String {
+    format!(
+        r#"
+[server]
+database_url = "{db_url}"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+{line_keys}
+{rest}"#
+    )
+}
+
 pub const ONE_CAMPAIGN: &str = r#"
 [[lines]]
 name = "main"

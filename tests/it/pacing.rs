@@ -19,6 +19,22 @@ use tiercast::sim::{LedgerEntry, SimConfig};
 const TEMPLATE: &str = r#"template = { name = "renewal_reminder", language = "pt_BR" }
 variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:5%" }"#;
 
+/// A `[[campaigns]]` block on line `main` reading list `list`, with `keys` (one TOML line
+/// each) and the renewal template.
+fn campaign_on_main(name: &str, list: &str, keys: &[&str]) -> String {
+    format!(
+        r#"
+[[campaigns]]
+name = "{name}"
+line = "main"
+lists = ["{list}"]
+{}
+{TEMPLATE}
+"#,
+        keys.join("\n")
+    )
+}
+
 /// A Monday, 10:00 UTC: 07:00 in São Paulo, 10:00 in Lisbon (winter time).
 fn monday_10_utc() -> chrono::DateTime<chrono::Utc> {
     "2026-11-23T10:00:00Z".parse().unwrap()
@@ -308,31 +324,25 @@ async fn a_ramped_campaign_sends_what_qualifies_and_waits_for_the_upgrade() {
 async fn local_time_windows_for_two_countries() {
     let db = fresh_db().await;
     let clock = ManualClock::new(monday_10_utc());
-    let text = format!(
-        r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-throughput_mps = 500
-
+    let office = r#"
 [[time_groups]]
 name = "office"
 timezone = "America/Sao_Paulo"
-windows = [ {{ days = "mon-fri", from = "09:00", to = "18:00" }} ]
-
-[[campaigns]]
-name = "c"
-line = "main"
-lists = ["l"]
-time_group = "office"
-local_time = true
-response_timeout = "1h"
-{TEMPLATE}
-"#,
-        db.url
+windows = [ { days = "mon-fri", from = "09:00", to = "18:00" } ]
+"#;
+    let campaign = campaign_on_main(
+        "c",
+        "l",
+        &[
+            r#"time_group = "office""#,
+            "local_time = true",
+            r#"response_timeout = "1h""#,
+        ],
+    );
+    let text = main_line_config(
+        &db.url,
+        "throughput_mps = 500",
+        &format!("{office}{campaign}"),
     );
     let (daemon, cfg) = start(&text, &clock, all_delivered).await;
     let sim = daemon.simulator.clone().unwrap();
@@ -372,33 +382,14 @@ response_timeout = "1h"
 async fn fair_share_between_two_campaigns() {
     let db = fresh_db().await;
     let clock = ManualClock::new(monday_10_utc());
-    let text = format!(
-        r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-tier = "1k"
-throughput_mps = 100
-max_in_flight = 8
-
-[[campaigns]]
-name = "large"
-line = "main"
-lists = ["large"]
-response_timeout = "1h"
-{TEMPLATE}
-
-[[campaigns]]
-name = "small"
-line = "main"
-lists = ["small"]
-response_timeout = "1h"
-{TEMPLATE}
-"#,
-        db.url
+    let text = main_line_config(
+        &db.url,
+        "tier = \"1k\"\nthroughput_mps = 100\nmax_in_flight = 8",
+        &[
+            campaign_on_main("large", "large", &[r#"response_timeout = "1h""#]),
+            campaign_on_main("small", "small", &[r#"response_timeout = "1h""#]),
+        ]
+        .concat(),
     );
     let (daemon, cfg) = start(&text, &clock, all_delivered).await;
     let sim = daemon.simulator.clone().unwrap();
@@ -429,31 +420,14 @@ async fn pair_rate_gap_and_131056_visible_in_the_ledger() {
     use tiercast::provider::Provider;
     let db = fresh_db().await;
     let clock = ManualClock::new(monday_10_utc());
-    let text = format!(
-        r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-throughput_mps = 500
-
-[[campaigns]]
-name = "first"
-line = "main"
-lists = ["l"]
-response_timeout = "2s"
-{TEMPLATE}
-
-[[campaigns]]
-name = "second"
-line = "main"
-lists = ["l"]
-response_timeout = "1h"
-{TEMPLATE}
-"#,
-        db.url
+    let text = main_line_config(
+        &db.url,
+        "throughput_mps = 500",
+        &[
+            campaign_on_main("first", "l", &[r#"response_timeout = "2s""#]),
+            campaign_on_main("second", "l", &[r#"response_timeout = "1h""#]),
+        ]
+        .concat(),
     );
     let (daemon, cfg) = start(&text, &clock, |sim| {
         all_delivered(sim);
@@ -568,26 +542,10 @@ response_timeout = "1h"
 async fn a_paced_line_claims_no_more_than_a_second_of_its_throughput() {
     let db = fresh_db().await;
     let clock = ManualClock::new(monday_10_utc());
-    let text = format!(
-        r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-tier = "unlimited"
-throughput_mps = 4
-max_in_flight = 64
-
-[[campaigns]]
-name = "slow"
-line = "main"
-lists = ["slow"]
-response_timeout = "1h"
-{TEMPLATE}
-"#,
-        db.url
+    let text = main_line_config(
+        &db.url,
+        "tier = \"unlimited\"\nthroughput_mps = 4\nmax_in_flight = 64",
+        &campaign_on_main("slow", "slow", &[r#"response_timeout = "1h""#]),
     );
     let (daemon, cfg) = start(&text, &clock, all_delivered).await;
     load_list(&daemon, "slow", &phones("+5511977", 40)).await;
@@ -624,23 +582,10 @@ response_timeout = "1h"
 async fn a_row_settled_by_its_webhook_times_out_on_the_daemons_clock() {
     let db = fresh_db().await;
     let clock = ManualClock::new(monday_10_utc());
-    let text = format!(
-        r#"
-[server]
-database_url = "{}"
-
-[[lines]]
-name = "main"
-provider = "simulator"
-
-[[campaigns]]
-name = "slow_answers"
-line = "main"
-lists = ["l"]
-response_timeout = "2s"
-{TEMPLATE}
-"#,
-        db.url
+    let text = main_line_config(
+        &db.url,
+        "",
+        &campaign_on_main("slow_answers", "l", &[r#"response_timeout = "2s""#]),
     );
     let (daemon, cfg) = start(&text, &clock, |sim| {
         all_delivered(sim);

@@ -131,6 +131,23 @@ pub fn config(text: &str) -> Config {
     Config::parse(text, "test.toml").unwrap()
 }
 
+/// Imports `csv` (with its header line) into list `list`, no opt-in, and expects it to succeed.
+pub async fn import_csv(store: &Store, clock: &dyn tiercast::clock::Clock, list: &str, csv: &str) {
+    use tiercast::import::{self, BytesSource, ImportOptions};
+    let source = BytesSource {
+        name: format!("{list}.csv"),
+        bytes: csv.as_bytes(),
+    };
+    let opts = ImportOptions {
+        list: list.into(),
+        default_country: None,
+        opt_in: false,
+        batch_size: 500,
+        progress: false,
+    };
+    import::import(store, clock, &source, &opts).await.unwrap();
+}
+
 /// Test configuration text: the database, one simulator line `main` with `line_keys` (TOML
 /// lines), then `rest` (campaigns, time groups…).
 pub fn main_line_config(db_url: &str, line_keys: &str, rest: &str) -> String {

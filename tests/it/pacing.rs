@@ -12,7 +12,6 @@ use tiercast::campaign::{self, CampaignStatus};
 use tiercast::clock::{Clock, ManualClock};
 use tiercast::config::Config;
 use tiercast::domain::{CampaignCommand, Tier};
-use tiercast::import::{self, BytesSource, ImportOptions};
 use tiercast::serve::{self, Daemon, ServeOptions};
 use tiercast::sim::{LedgerEntry, SimConfig};
 
@@ -64,25 +63,13 @@ async fn load_list(daemon: &Daemon, list: &str, phones: &[String]) {
     for (i, p) in phones.iter().enumerate() {
         csv.push_str(&format!("{p},Person {i}\n"));
     }
-    let opts = ImportOptions {
-        list: list.into(),
-        default_country: None,
-        opt_in: false,
-        batch_size: 500,
-        progress: false,
-    };
-    let source = BytesSource {
-        name: format!("{list}.csv"),
-        bytes: csv.as_bytes(),
-    };
-    import::import(
+    import_csv(
         &daemon.store,
         &ManualClock::new(monday_10_utc()),
-        &source,
-        &opts,
+        list,
+        &csv,
     )
-    .await
-    .unwrap();
+    .await;
 }
 
 fn phones(prefix: &str, n: usize) -> Vec<String> {

@@ -9,7 +9,6 @@ use tiercast::campaign;
 use tiercast::clock::{SharedClock, SystemClock};
 use tiercast::config::Config;
 use tiercast::domain::{CampaignCommand, CampaignState};
-use tiercast::import::{self, BytesSource, ImportOptions};
 use tiercast::serve::{self, Daemon, ServeOptions};
 use tiercast::sim::{Fate, FateMix, SimConfig};
 
@@ -71,24 +70,7 @@ pub(crate) async fn load(daemon: &Daemon, phones: &[String]) {
     for (i, p) in phones.iter().enumerate() {
         csv.push_str(&format!("{p},Person {i},gold\n"));
     }
-    let opts = ImportOptions {
-        list: "l".into(),
-        default_country: None,
-        opt_in: false,
-        batch_size: 500,
-        progress: false,
-    };
-    import::import(
-        &daemon.store,
-        &SystemClock,
-        &BytesSource {
-            name: "t.csv".into(),
-            bytes: csv.as_bytes(),
-        },
-        &opts,
-    )
-    .await
-    .unwrap();
+    import_csv(&daemon.store, &SystemClock, "l", &csv).await;
 }
 
 pub(crate) async fn status(daemon: &Daemon, config: &Config) -> campaign::CampaignStatus {

@@ -171,26 +171,12 @@ crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);
 
 /// `n` contacts imported into list `l` and campaign `c` started, straight on the store.
 async fn started_without_daemon(db: &TestDb, n: usize) -> (ManualClock, Config, i64) {
-    use tiercast::import::{self, BytesSource, ImportOptions};
     let clock = ManualClock::new(chrono::Utc::now());
     let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
     let csv: String = std::iter::once("phone,name\n".to_string())
         .chain(numbers(n).iter().map(|p| format!("{p},P\n")))
         .collect();
-    let source = BytesSource {
-        name: "l.csv".into(),
-        bytes: csv.as_bytes(),
-    };
-    let opts = ImportOptions {
-        list: "l".into(),
-        default_country: None,
-        opt_in: false,
-        batch_size: 500,
-        progress: false,
-    };
-    import::import(&db.store, &clock, &source, &opts)
-        .await
-        .unwrap();
+    import_csv(&db.store, &clock, "l", &csv).await;
     campaign::command(&db.store, &clock, &cfg, "c", CampaignCommand::Start)
         .await
         .unwrap();

@@ -89,7 +89,7 @@ pub struct Dispatcher {
     config: Arc<Config>,
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Accepted sends are recorded in group commits.
-    settles: GroupCommit<Settle, bool>,
+    settles: GroupCommit<Settle, ()>,
 }
 
 impl Dispatcher {
@@ -111,7 +111,10 @@ impl Dispatcher {
                 let store = store.clone();
                 GroupCommit::new(Arc::new(move |batch: Vec<Settle>| {
                     let store = store.clone();
-                    Box::pin(async move { store.settle_accepted_many(&batch).await })
+                    Box::pin(async move {
+                        store.settle_accepted_many(&batch).await?;
+                        Ok(vec![(); batch.len()])
+                    })
                 }))
             },
             store,

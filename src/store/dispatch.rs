@@ -19,7 +19,7 @@ use crate::clock::Millis;
 use crate::domain::Outcome;
 use sqlx::any::Any;
 use sqlx::{Row, Transaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 /// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
 pub const AWAITING_RETRY_RUN: Millis = i64::MAX / 4;
@@ -381,17 +381,14 @@ impl Store {
 
     /// Records accepted sends (from the HTTP answers; `group_commit.rs` groups them) in one
     /// transaction. See [`Store::settle_accepted_in`].
-    pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<Vec<bool>> {
+    pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<()> {
         let mut rows = settles.to_vec();
         rows.sort_by_key(|s| s.attempt_id);
         retry_deadlocks(|| async {
             let mut tx = self.pool.begin().await?;
-            let moved = self.settle_accepted_in(&mut tx, &rows).await?;
+            self.settle_accepted_in(&mut tx, &rows).await?;
             tx.commit().await?;
-            Ok(settles
-                .iter()
-                .map(|s| moved.contains(s.wamid.as_str()))
-                .collect())
+            Ok(())
         })
         .await
     }
@@ -639,62 +636,43 @@ impl Store {
         settles.sort_by_key(|s| s.attempt_id);
         self.settle_accepted_in(&mut tx, &settles).await?;
 
-        // One multi-row UPDATE per status word, lowest rank first, so sent → delivered → read
-        // of one message all apply whatever order they came in.
-        let mut by_rank: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        // Statuses of words we track, grouped by message. A word of no step we track has
+        // nothing to apply and nothing to look for.
+        let mut by_wamid: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, u) in updates.iter().enumerate() {
-            match status_rank(u.status) {
-                // A word of no step we track: nothing to apply, nothing to look for.
-                r if r < 0 => out[i].known = true,
-                r => by_rank.entry(r).or_default().push(i),
+            if status_rank(u.status) < 0 {
+                out[i].known = true;
+            } else {
+                by_wamid.entry(u.wamid).or_default().push(i);
             }
         }
-        let mut wamids: Vec<&str> = by_rank
-            .values()
-            .flatten()
-            .map(|i| updates[*i].wamid)
-            .collect();
-        wamids.sort_unstable();
-        wamids.dedup();
+        let wamids: Vec<&str> = by_wamid.keys().copied().collect();
+        // One read of the campaign rows they name, then one write of each row's end state:
+        // a row is written once however many of its statuses the batch holds (usually sent,
+        // delivered and read together), and no statement returns a row per status.
+        let mut moves: Vec<StatusMove<'_>> = Vec::new();
         for chunk in wamids.chunks(STATUS_CHUNK) {
-            self.lock_in_order(&mut tx, "hopper", "wamid", LockKeys::Texts(chunk))
-                .await?;
-        }
-        let mut in_hopper: HashSet<String> = HashSet::new();
-        for (rank, indices) in &by_rank {
-            for chunk in indices.chunks(STATUS_CHUNK) {
-                self.apply_status_chunk(&mut tx, *rank, updates, chunk, &mut out, &mut in_hopper)
-                    .await?;
+            for row in self.status_rows(&mut tx, chunk).await? {
+                let indices = &by_wamid[row.wamid.as_str()];
+                for i in indices {
+                    out[*i].known = true;
+                }
+                if let Some(m) = StatusMove::plan(&row, updates, indices, &mut out) {
+                    moves.push(m);
+                }
             }
         }
-
-        // Not moved: a duplicate or late status of a campaign row, or not a campaign template
-        // (perhaps a text or recontact sent from the inbox).
-        let unmoved: Vec<&str> = wamids
-            .iter()
-            .copied()
-            .filter(|w| !in_hopper.contains(*w))
-            .collect();
-        for chunk in unmoved.chunks(STATUS_CHUNK) {
-            let sql = self.bulk_sql(format!(
-                "SELECT wamid FROM hopper WHERE wamid IN ({})",
-                placeholders(1, padded_len(chunk.len()))
-            ));
-            let mut q = sqlx::query(&sql);
-            for w in padded(chunk) {
-                q = q.bind(*w);
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                in_hopper.insert(row.try_get(0)?);
-            }
+        for chunk in moves.chunks(STATUS_CHUNK) {
+            self.write_status_moves(&mut tx, chunk).await?;
         }
-        for i in by_rank.values().flatten() {
-            if out[*i].advanced.is_some() {
-                continue;
-            }
-            let update = &updates[*i];
-            out[*i].known = in_hopper.contains(update.wamid)
-                || sqlx::query(
+        // Not a campaign row: perhaps a text or recontact sent from the inbox.
+        for indices in by_wamid.values() {
+            for i in indices {
+                if out[*i].known {
+                    continue;
+                }
+                let update = &updates[*i];
+                out[*i].known = sqlx::query(
                     "UPDATE messages SET status = $2 WHERE wamid = $1 AND direction = 'out'",
                 )
                 .bind(update.wamid)
@@ -703,71 +681,75 @@ impl Store {
                 .await?
                 .rows_affected()
                     > 0;
+            }
         }
         tx.commit().await?;
         Ok(out)
     }
 
-    /// Applies statuses of one word (`rank`) to the campaign rows they name, in one
-    /// statement; a row moves only forward. Marks in `out` which moved, and notes their wamids
-    /// in `in_hopper`.
-    async fn apply_status_chunk(
+    /// The campaign rows of these wamids with their message status; on PostgreSQL locked in
+    /// primary-key order, the order every batch writer locks in.
+    async fn status_rows(
         &self,
         tx: &mut Transaction<'static, Any>,
-        rank: i64,
-        updates: &[StatusUpdate<'_>],
-        chunk: &[usize],
-        out: &mut [AppliedStatus],
-        in_hopper: &mut HashSet<String>,
-    ) -> StoreResult<()> {
-        // A message named twice in one POST: the first one applies, the copy cannot move it.
-        let mut first: HashMap<&str, usize> = HashMap::with_capacity(chunk.len());
-        let rows: Vec<usize> = chunk
-            .iter()
-            .copied()
-            .filter(|i| first.insert(updates[*i].wamid, *i).is_none())
-            .collect();
-        let status = updates[rows[0]].status;
-        let failed = status == "failed";
-        let set_more = match status {
-            "delivered" => ", delivered_at = COALESCE(hopper.delivered_at, v.at)",
-            "read" => {
-                ", read_at = COALESCE(hopper.read_at, v.at), delivered_at = COALESCE(hopper.delivered_at, v.at)"
-            }
-            "failed" => ", last_error_code = v.code, last_error_text = v.text",
-            _ => "",
+        wamids: &[&str],
+    ) -> StoreResult<Vec<StatusRow>> {
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE",
+            Backend::Sqlite => "",
         };
-        let (columns, names) = if failed {
-            (4, "wamid, at, code, text")
-        } else {
-            (2, "wamid, at")
-        };
-        // `status` is one of the words `status_rank` knows, so it is safe to inline.
         let sql = self.bulk_sql(format!(
-            "WITH v ({names}) AS (VALUES {}) \
-             UPDATE hopper SET message_status = '{status}', updated_at = v.at {set_more} \
-             FROM v WHERE hopper.wamid = v.wamid AND {RANK_SQL} < {rank} \
-             RETURNING hopper.wamid, hopper.id, hopper.campaign_id, hopper.contact_id",
-            value_rows(padded_len(rows.len()), columns, 1)
+            "SELECT id, campaign_id, contact_id, wamid, message_status FROM hopper \
+             WHERE wamid IN ({}) ORDER BY id {lock}",
+            placeholders(1, padded_len(wamids.len()))
         ));
         let mut q = sqlx::query(&sql);
-        for i in padded(&rows) {
-            let u = &updates[*i];
-            q = q.bind(u.wamid).bind(u.at);
-            if failed {
-                q = q.bind(u.error_code).bind(u.error_text);
-            }
+        for w in padded(wamids) {
+            q = q.bind(*w);
         }
+        let mut rows = Vec::new();
         for row in q.fetch_all(&mut **tx).await? {
-            let wamid: String = row.try_get(0)?;
-            if let Some(i) = first.get(wamid.as_str()) {
-                out[*i] = AppliedStatus {
-                    advanced: Some((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?)),
-                    known: true,
-                };
-            }
-            in_hopper.insert(wamid);
+            rows.push(StatusRow {
+                hopper_id: row.try_get(0)?,
+                campaign_id: row.try_get(1)?,
+                contact_id: row.try_get(2)?,
+                wamid: row.try_get(3)?,
+                status: row.try_get(4)?,
+            });
         }
+        Ok(rows)
+    }
+
+    /// Writes each moved row's end state in one statement. The rank guard repeats, in SQL,
+    /// the rule the plan followed: a row never moves back (SPEC §2 rule 8).
+    async fn write_status_moves(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        moves: &[StatusMove<'_>],
+    ) -> StoreResult<()> {
+        let sql = self.bulk_sql(format!(
+            "WITH v (id, status, status_rank, at, delivered_at, read_at, code, text) AS (VALUES {}) \
+             UPDATE hopper SET message_status = v.status, updated_at = v.at, \
+               delivered_at = COALESCE(hopper.delivered_at, v.delivered_at), \
+               read_at = COALESCE(hopper.read_at, v.read_at), \
+               last_error_code = CASE WHEN v.status = 'failed' THEN v.code ELSE hopper.last_error_code END, \
+               last_error_text = CASE WHEN v.status = 'failed' THEN v.text ELSE hopper.last_error_text END \
+             FROM v WHERE hopper.id = v.id AND {RANK_SQL} < v.status_rank",
+            value_rows(padded_len(moves.len()), 8, 1)
+        ));
+        let mut q = sqlx::query(&sql);
+        for m in padded(moves) {
+            q = q
+                .bind(m.hopper_id)
+                .bind(m.status)
+                .bind(status_rank(m.status))
+                .bind(m.at)
+                .bind(m.delivered_at)
+                .bind(m.read_at)
+                .bind(m.error_code)
+                .bind(m.error_text);
+        }
+        q.execute(&mut **tx).await?;
         Ok(())
     }
 
@@ -910,32 +892,15 @@ impl Store {
     }
 }
 
-/// The keys of the rows [`Store::lock_in_order`] locks.
-#[derive(Clone, Copy)]
-enum LockKeys<'a> {
-    Ids(&'a [i64]),
-    Texts(&'a [&'a str]),
-}
-
-impl LockKeys<'_> {
-    fn len(&self) -> usize {
-        match self {
-            LockKeys::Ids(k) => k.len(),
-            LockKeys::Texts(k) => k.len(),
-        }
-    }
-}
-
 /// Rows per multi-row statement: 5 parameters each stays far below both backends' limits.
 const SETTLE_CHUNK: usize = 512;
 
-/// Statuses per multi-row statement (4 parameters each at most).
+/// Statuses (or rows) per multi-row statement: 8 parameters each at most.
 const STATUS_CHUNK: usize = 512;
 
 impl Store {
     /// The provider accepted these messages (from the HTTP answers, or from status webhooks
-    /// that named the attempts first). Idempotent: returns the wamids whose rows moved to
-    /// `pending`; an attempt settled already moves nothing. A new message (another wamid, i.e.
+    /// that named the attempts first). Idempotent: an attempt settled already moves nothing. A new message (another wamid, i.e.
     /// a retry after a `failed` status) starts its status afresh: the old `failed` would
     /// otherwise outrank every status of the new one.
     ///
@@ -946,11 +911,10 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         rows: &[Settle],
-    ) -> StoreResult<HashSet<String>> {
-        let mut moved = HashSet::with_capacity(rows.len());
+    ) -> StoreResult<()> {
         for chunk in rows.chunks(SETTLE_CHUNK) {
             let ids: Vec<i64> = chunk.iter().map(|r| r.attempt_id).collect();
-            self.lock_in_order(tx, "hopper", "inflight_attempt_id", LockKeys::Ids(&ids))
+            self.lock_in_order(tx, "hopper", "inflight_attempt_id", &ids)
                 .await?;
             let sql = self.bulk_sql(format!(
                 "WITH v (attempt_id, wamid, wa_id, now, deadline) AS (VALUES {}) \
@@ -958,7 +922,7 @@ impl Store {
                    wa_id = COALESCE(v.wa_id, hopper.wa_id), inflight_attempt_id = NULL, sent_at = v.now, \
                    message_status = CASE WHEN hopper.wamid = v.wamid THEN COALESCE(hopper.message_status, 'accepted') ELSE 'accepted' END, \
                    response_deadline = v.deadline, last_error_code = NULL, last_error_text = NULL, updated_at = v.now \
-                 FROM v WHERE hopper.inflight_attempt_id = v.attempt_id RETURNING hopper.wamid",
+                 FROM v WHERE hopper.inflight_attempt_id = v.attempt_id",
                 value_rows(padded_len(chunk.len()), 5, 1)
             ));
             let mut q = sqlx::query(&sql);
@@ -970,12 +934,8 @@ impl Store {
                     .bind(r.now)
                     .bind(r.response_deadline);
             }
-            // A moved row now holds its settle's wamid, which names that settle.
-            for row in q.fetch_all(&mut **tx).await? {
-                moved.insert(row.try_get(0)?);
-            }
-            self.lock_in_order(tx, "attempts", "id", LockKeys::Ids(&ids))
-                .await?;
+            q.execute(&mut **tx).await?;
+            self.lock_in_order(tx, "attempts", "id", &ids).await?;
             let sql = self.bulk_sql(format!(
                 "WITH v (attempt_id, wamid, now) AS (VALUES {}) \
                  UPDATE attempts SET status = 'accepted', wamid = v.wamid, finished_at = v.now \
@@ -988,7 +948,7 @@ impl Store {
             }
             q.execute(&mut **tx).await?;
         }
-        Ok(moved)
+        Ok(())
     }
 
     /// PostgreSQL: locks the rows of `table` whose `column` is in `keys`, in primary-key order,
@@ -1000,30 +960,95 @@ impl Store {
         tx: &mut Transaction<'static, Any>,
         table: &str,
         column: &str,
-        keys: LockKeys<'_>,
+        ids: &[i64],
     ) -> StoreResult<()> {
-        if self.backend != Backend::Postgres || keys.len() == 0 {
+        if self.backend != Backend::Postgres || ids.is_empty() {
             return Ok(());
         }
         let sql = format!(
             "SELECT id FROM {table} WHERE {column} IN ({}) ORDER BY id FOR UPDATE",
-            placeholders(1, padded_len(keys.len()))
+            placeholders(1, padded_len(ids.len()))
         );
         let mut q = sqlx::query(&sql);
-        match keys {
-            LockKeys::Ids(ids) => {
-                for id in padded(ids) {
-                    q = q.bind(*id);
-                }
-            }
-            LockKeys::Texts(texts) => {
-                for text in padded(texts) {
-                    q = q.bind(*text);
-                }
-            }
+        for id in padded(ids) {
+            q = q.bind(*id);
         }
         q.fetch_all(&mut **tx).await?;
         Ok(())
+    }
+}
+
+/// A campaign row named by a batch of statuses, as read before they apply.
+struct StatusRow {
+    hopper_id: i64,
+    campaign_id: i64,
+    contact_id: i64,
+    wamid: String,
+    status: Option<String>,
+}
+
+/// The end state of one campaign row after a batch of its statuses: what the statuses would
+/// leave if applied one by one, lowest rank first, each only when it moves the row forward.
+#[derive(Debug, PartialEq)]
+struct StatusMove<'a> {
+    hopper_id: i64,
+    status: &'a str,
+    /// The last applied status's time.
+    at: Millis,
+    /// Written only where the row has none yet.
+    delivered_at: Option<Millis>,
+    read_at: Option<Millis>,
+    error_code: Option<i64>,
+    error_text: Option<&'a str>,
+}
+
+impl<'a> StatusMove<'a> {
+    /// Plays `row`'s statuses (`indices` into `updates`) in rank order, marking in `out` the
+    /// ones that move it forward. A copy of a status already applied moves nothing, so the
+    /// first of two copies is the one answered as applied. `None` when nothing moves.
+    fn plan(
+        row: &StatusRow,
+        updates: &[StatusUpdate<'a>],
+        indices: &[usize],
+        out: &mut [AppliedStatus],
+    ) -> Option<StatusMove<'a>> {
+        let mut order: Vec<usize> = indices.to_vec();
+        order.sort_by_key(|i| (status_rank(updates[*i].status), *i));
+        let mut rank = status_rank(row.status.as_deref().unwrap_or(""));
+        let mut planned: Option<StatusMove<'a>> = None;
+        for i in order {
+            let u = &updates[i];
+            let r = status_rank(u.status);
+            if r <= rank {
+                continue;
+            }
+            rank = r;
+            out[i].advanced = Some((row.hopper_id, row.campaign_id, row.contact_id));
+            let m = planned.get_or_insert(StatusMove {
+                hopper_id: row.hopper_id,
+                status: u.status,
+                at: u.at,
+                delivered_at: None,
+                read_at: None,
+                error_code: None,
+                error_text: None,
+            });
+            m.status = u.status;
+            m.at = u.at;
+            match u.status {
+                "delivered" => m.delivered_at = m.delivered_at.or(Some(u.at)),
+                "read" => {
+                    m.read_at = m.read_at.or(Some(u.at));
+                    m.delivered_at = m.delivered_at.or(Some(u.at));
+                }
+                "failed" => {
+                    m.error_code = u.error_code;
+                    m.error_text = u.error_text;
+                }
+                _ => {}
+            }
+        }
+        planned
     }
 }
 
@@ -1045,5 +1070,96 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update<'a>(status: &'a str, at: Millis) -> StatusUpdate<'a> {
+        StatusUpdate {
+            wamid: "wamid.A",
+            attempt_id: None,
+            status,
+            at,
+            error_code: None,
+            error_text: None,
+        }
+    }
+
+    fn row(status: Option<&str>) -> StatusRow {
+        StatusRow {
+            hopper_id: 7,
+            campaign_id: 2,
+            contact_id: 3,
+            wamid: "wamid.A".into(),
+            status: status.map(str::to_string),
+        }
+    }
+
+    fn plan<'a>(
+        row: &StatusRow,
+        updates: &[StatusUpdate<'a>],
+    ) -> (Option<StatusMove<'a>>, Vec<bool>) {
+        let mut out = vec![AppliedStatus::default(); updates.len()];
+        let indices: Vec<usize> = (0..updates.len()).collect();
+        let planned = StatusMove::plan(row, updates, &indices, &mut out);
+        (planned, out.iter().map(|a| a.advanced.is_some()).collect())
+    }
+
+    #[test]
+    fn a_batch_of_one_messages_statuses_is_one_write_of_the_state_they_leave_in_rank_order() {
+        // Out of order, with a copy of `delivered`: the first copy is the one applied.
+        let updates = [
+            update("read", 30),
+            update("sent", 10),
+            update("delivered", 20),
+            update("delivered", 25),
+        ];
+        let (planned, advanced) = plan(&row(Some("accepted")), &updates);
+        assert_eq!(
+            planned,
+            Some(StatusMove {
+                hopper_id: 7,
+                status: "read",
+                at: 30,
+                delivered_at: Some(20),
+                read_at: Some(30),
+                error_code: None,
+                error_text: None,
+            })
+        );
+        assert_eq!(advanced, [true, true, true, false]);
+    }
+
+    #[test]
+    fn a_status_behind_the_row_moves_nothing() {
+        let (planned, advanced) = plan(&row(Some("read")), &[update("delivered", 40)]);
+        assert_eq!(planned, None);
+        assert_eq!(advanced, [false]);
+    }
+
+    #[test]
+    fn a_read_alone_also_dates_the_delivery_and_a_failure_keeps_its_error() {
+        let failed = StatusUpdate {
+            error_code: Some(131026),
+            error_text: Some("Message undeliverable"),
+            ..update("failed", 50)
+        };
+        let (planned, advanced) = plan(&row(None), &[failed, update("read", 45)]);
+        assert_eq!(
+            planned,
+            Some(StatusMove {
+                hopper_id: 7,
+                status: "failed",
+                at: 50,
+                delivered_at: Some(45),
+                read_at: Some(45),
+                error_code: Some(131026),
+                error_text: Some("Message undeliverable"),
+            })
+        );
+        assert_eq!(advanced, [true, true]);
     }
 }

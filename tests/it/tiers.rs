@@ -250,3 +250,121 @@ async fn a_webhook_settle_counts_the_deadline_from_the_earliest_status(db: TestD
     );
 }
 crate::both_backends!(a_webhook_settle_counts_the_deadline_from_the_earliest_status);
+
+/// Statuses apply in rank order whatever order they came in, each only when it moves its row
+/// forward (SPEC §2 rule 8); a batch writes each row once with the state its statuses leave.
+async fn a_status_batch_moves_each_row_forward_only(db: TestDb) {
+    use tiercast::store::{ClaimGate, Settle, StatusUpdate};
+    let (clock, _cfg, id) = started_without_daemon(&db, 2).await;
+    let now = clock.now_millis();
+    let gate = ClaimGate {
+        budget: None,
+        local_hours: None,
+    };
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, 2, &gate)
+        .await
+        .unwrap();
+    let settles: Vec<Settle> = claimed
+        .iter()
+        .zip(["wamid.A", "wamid.B"])
+        .map(|(row, wamid)| Settle {
+            attempt_id: row.attempt_id,
+            wamid: wamid.into(),
+            wa_id: None,
+            now,
+            response_deadline: now + 60_000,
+        })
+        .collect();
+    db.store.settle_accepted_many(&settles).await.unwrap();
+    let status = |wamid, status, at| StatusUpdate {
+        wamid,
+        attempt_id: None,
+        status,
+        at,
+        error_code: None,
+        error_text: None,
+    };
+    let timeouts = |_: &str| None;
+    let applied = db
+        .store
+        .apply_statuses(
+            &[
+                status("wamid.A", "read", now + 3),
+                status("wamid.A", "sent", now + 1),
+                status("wamid.A", "delivered", now + 2),
+                status("wamid.A", "delivered", now + 4),
+                status("wamid.B", "delivered", now + 2),
+                status("wamid.UNKNOWN", "sent", now + 1),
+            ],
+            &timeouts,
+            now + 10,
+        )
+        .await
+        .unwrap();
+    let advanced: Vec<bool> = applied.iter().map(|a| a.advanced.is_some()).collect();
+    assert_eq!(advanced, [true, true, true, false, true, false]);
+    let known: Vec<bool> = applied.iter().map(|a| a.known).collect();
+    assert_eq!(known, [true, true, true, true, true, false]);
+    let failed = StatusUpdate {
+        error_code: Some(131026),
+        error_text: Some("Message undeliverable"),
+        ..status("wamid.B", "failed", now + 6)
+    };
+    let applied = db
+        .store
+        .apply_statuses(
+            &[status("wamid.A", "delivered", now + 5), failed],
+            &timeouts,
+            now + 10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        applied[0].advanced, None,
+        "read does not go back to delivered"
+    );
+    assert!(applied[1].advanced.is_some());
+    type Row = (
+        String,
+        String,
+        Option<i64>,
+        Option<i64>,
+        i64,
+        Option<i64>,
+        Option<String>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT wamid, message_status, delivered_at, read_at, updated_at, last_error_code, \
+         last_error_text FROM hopper WHERE campaign_id = $1 ORDER BY wamid",
+    )
+    .bind(id)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "wamid.A".into(),
+                "read".into(),
+                Some(now + 2),
+                Some(now + 3),
+                now + 3,
+                None,
+                None
+            ),
+            (
+                "wamid.B".into(),
+                "failed".into(),
+                Some(now + 2),
+                None,
+                now + 6,
+                Some(131026),
+                Some("Message undeliverable".into())
+            ),
+        ]
+    );
+}
+crate::both_backends!(a_status_batch_moves_each_row_forward_only);

@@ -176,196 +176,171 @@ impl Store {
         limit: usize,
         gate: &ClaimGate<'_>,
     ) -> StoreResult<Vec<Claimed>> {
-        let budget = gate.budget;
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
         let mut tx = self.pool.begin().await?;
-        // Writing first takes SQLite's write lock at once (no read→write upgrade to fail).
+        // The statement that picks the rows opens their attempts: writing first takes
+        // SQLite's write lock at once (no read→write upgrade to fail), and each row is
+        // written once, below, with the attempt it is held for.
         let sql = format!(
-            "UPDATE hopper SET inflight_attempt_id = 0, next_attempt_at = $3, updated_at = $2 \
-             WHERE id IN (SELECT h.id FROM hopper h \
+            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) \
+             SELECT h.id, $1, $4, 'sending', $2 FROM hopper h \
                 WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') AND h.next_attempt_at <= $2 \
                   AND h.inflight_attempt_id IS NULL \
-                  AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $5 \
+                  AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $4 \
                                   AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL \
-                                                        OR o.sent_at > $6)) \
+                                                        OR o.sent_at > $5)) \
                   AND NOT EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
-                                  WHERE ic.id = h.contact_id AND i.line = $5 AND i.state = 'open') \
-                ORDER BY h.next_attempt_at, h.id LIMIT $4 {lock}) \
-             RETURNING id, contact_id, attempts"
+                                  WHERE ic.id = h.contact_id AND i.line = $4 AND i.state = 'open') \
+                ORDER BY h.next_attempt_at, h.id LIMIT $3 {lock} \
+             RETURNING id, hopper_id"
         );
-        let rows = sqlx::query(&sql)
+        let opened = sqlx::query(&sql)
             .bind(campaign_id)
             .bind(now)
-            .bind(hold_until)
             .bind(limit as i64)
             .bind(line)
             .bind(now - PAIR_RATE_GAP)
             .fetch_all(&mut *tx)
             .await?;
-        if rows.is_empty() {
+        if opened.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let mut claimed: Vec<(i64, i64, i64)> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            claimed.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+        let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(opened.len());
+        for row in &opened {
+            attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
         }
-        claimed.sort_unstable();
+        let mut hopper_ids: Vec<i64> = attempt_of.keys().copied().collect();
+        hopper_ids.sort_unstable();
 
         let sql = self.bulk_sql(format!(
-            "SELECT id, phone, name, email, fields FROM contacts WHERE id IN ({})",
-            placeholders(1, padded_len(claimed.len()))
+            "SELECT h.id, h.contact_id, h.attempts, c.phone, c.name, c.email, c.fields \
+             FROM hopper h JOIN contacts c ON c.id = h.contact_id WHERE h.id IN ({}) ORDER BY h.id",
+            placeholders(1, padded_len(hopper_ids.len()))
         ));
         let mut q = sqlx::query(&sql);
-        for (_, contact_id, _) in padded(&claimed) {
-            q = q.bind(*contact_id);
+        for id in padded(&hopper_ids) {
+            q = q.bind(*id);
         }
-        let mut contacts = HashMap::with_capacity(claimed.len());
+        let mut claimed = Vec::with_capacity(hopper_ids.len());
         for row in q.fetch_all(&mut *tx).await? {
-            let id: i64 = row.try_get(0)?;
-            let fields: String = row.try_get(4)?;
+            let hopper_id: i64 = row.try_get(0)?;
+            let contact_id: i64 = row.try_get(1)?;
+            let fields: String = row.try_get(6)?;
             let fields: BTreeMap<String, String> = serde_json::from_str(&fields)
-                .map_err(|e| StoreError::Corrupt(format!("contact {id} fields: {e}")))?;
-            contacts.insert(
-                id,
-                (
-                    row.try_get::<String, _>(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                    fields,
-                ),
-            );
+                .map_err(|e| StoreError::Corrupt(format!("contact {contact_id} fields: {e}")))?;
+            claimed.push(Claimed {
+                hopper_id,
+                contact_id,
+                attempt_id: attempt_of[&hopper_id],
+                campaign_id,
+                attempts: row.try_get(2)?,
+                phone: row.try_get(3)?,
+                name: row.try_get(4)?,
+                email: row.try_get(5)?,
+                fields,
+            });
+        }
+        if claimed.len() != hopper_ids.len() {
+            // Dropping the transaction rolls the claim back: nothing is left half-claimed.
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} claimed hopper rows name a stored contact",
+                claimed.len(),
+                hopper_ids.len()
+            )));
         }
 
+        // Rows a gate holds back lose the attempt just opened for them and wait.
+        let mut withdrawn: Vec<i64> = Vec::new();
         if let Some(opens_at) = gate.local_hours {
             // Contacts whose own hours are closed wait, unclaimed, until those hours open.
             let mut closed: Vec<(i64, Millis)> = Vec::new();
-            claimed.retain(|(hopper_id, contact_id, _)| {
-                let phone = contacts.get(contact_id).map(|c| c.0.as_str()).unwrap_or("");
-                match opens_at(phone) {
-                    Some(at) => {
-                        closed.push((*hopper_id, at));
-                        false
-                    }
-                    None => true,
+            claimed.retain(|row| match opens_at(&row.phone) {
+                Some(at) => {
+                    closed.push((row.hopper_id, at));
+                    withdrawn.push(row.attempt_id);
+                    false
                 }
+                None => true,
             });
             for (hopper_id, at) in &closed {
                 sqlx::query(
-                    "UPDATE hopper SET inflight_attempt_id = NULL, next_attempt_at = $1 WHERE id = $2",
+                    "UPDATE hopper SET next_attempt_at = $1, updated_at = $2 WHERE id = $3",
                 )
                 .bind(*at)
+                .bind(now)
                 .bind(*hopper_id)
                 .execute(&mut *tx)
                 .await?;
             }
-            if claimed.is_empty() {
-                tx.commit().await?;
-                return Ok(Vec::new());
-            }
         }
-
-        if let Some(budget) = budget {
-            let phone_of = |contact_id: &i64| {
-                contacts
-                    .get(contact_id)
-                    .map(|c| c.0.clone())
-                    .unwrap_or_default()
-            };
-            let phones: Vec<String> = claimed.iter().map(|(_, c, _)| phone_of(c)).collect();
+        if let (Some(budget), false) = (gate.budget, claimed.is_empty()) {
+            let phones: Vec<String> = claimed.iter().map(|row| row.phone.clone()).collect();
             let admitted = self
                 .reserve_recipients(&mut tx, budget, &phones, now)
                 .await?;
-            let (kept, held): (Vec<_>, Vec<_>) = claimed
-                .into_iter()
-                .zip(admitted.iter())
-                .partition(|(_, ok)| **ok);
-            claimed = kept.into_iter().map(|(c, _)| c).collect();
+            let mut admitted = admitted.into_iter();
+            let mut held: Vec<i64> = Vec::new();
+            claimed.retain(|row| {
+                let ok = admitted.next().unwrap_or(false);
+                if !ok {
+                    held.push(row.hopper_id);
+                    withdrawn.push(row.attempt_id);
+                }
+                ok
+            });
             if !held.is_empty() {
                 let opens_at = self.next_tier_slot(&mut tx, &budget.portfolio, now).await?;
                 let sql = self.bulk_sql(format!(
-                    "UPDATE hopper SET inflight_attempt_id = NULL, waiting_for_tier = 1, next_attempt_at = $1 WHERE id IN ({})",
-                    placeholders(2, padded_len(held.len()))
+                    "UPDATE hopper SET waiting_for_tier = 1, next_attempt_at = $1, updated_at = $2 \
+                     WHERE id IN ({})",
+                    placeholders(3, padded_len(held.len()))
                 ));
-                let mut q = sqlx::query(&sql).bind(opens_at);
-                for ((hopper_id, _, _), _) in padded(&held) {
+                let mut q = sqlx::query(&sql).bind(opens_at).bind(now);
+                for hopper_id in padded(&held) {
                     q = q.bind(*hopper_id);
                 }
                 q.execute(&mut *tx).await?;
             }
-            if claimed.is_empty() {
-                tx.commit().await?;
-                return Ok(Vec::new());
+        }
+        if !withdrawn.is_empty() {
+            let sql = self.bulk_sql(format!(
+                "DELETE FROM attempts WHERE id IN ({})",
+                placeholders(1, padded_len(withdrawn.len()))
+            ));
+            let mut q = sqlx::query(&sql);
+            for attempt_id in padded(&withdrawn) {
+                q = q.bind(*attempt_id);
             }
+            q.execute(&mut *tx).await?;
+        }
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
         }
 
-        let sql = self.bulk_sql(format!(
-            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) \
-             SELECT DISTINCT * FROM (VALUES {}) AS v RETURNING id, hopper_id",
-            value_rows(padded_len(claimed.len()), 5, 1)
-        ));
-        let mut q = sqlx::query(&sql);
-        for (hopper_id, _, _) in padded(&claimed) {
-            q = q
-                .bind(*hopper_id)
-                .bind(campaign_id)
-                .bind(line)
-                .bind("sending")
-                .bind(now);
-        }
-        let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(claimed.len());
-        for row in q.fetch_all(&mut *tx).await? {
-            attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
-        }
-        if attempt_of.len() != claimed.len() {
-            // Dropping the transaction rolls the claim back: nothing is left half-claimed.
-            return Err(StoreError::Corrupt(format!(
-                "{} attempts opened for {} claimed rows",
-                attempt_of.len(),
-                claimed.len()
-            )));
-        }
-        // Each row names the attempt just opened for it: one join, no lookup per row.
-        let opened: Vec<(i64, i64)> = attempt_of.iter().map(|(h, a)| (*h, *a)).collect();
+        // Each row is held (its attempt in flight, due again only at `hold_until`) in one
+        // join: no lookup per row.
+        let rows = padded_len(claimed.len());
         let sql = self.bulk_sql(format!(
             "WITH v (hopper_id, attempt_id) AS (VALUES {}) \
-             UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = v.attempt_id \
+             UPDATE hopper SET waiting_for_tier = 0, inflight_attempt_id = v.attempt_id, \
+               next_attempt_at = ${}, updated_at = ${} \
              FROM v WHERE hopper.id = v.hopper_id",
-            value_rows(padded_len(opened.len()), 2, 1)
+            value_rows(rows, 2, 1),
+            2 * rows + 1,
+            2 * rows + 2
         ));
         let mut q = sqlx::query(&sql);
-        for (hopper_id, attempt_id) in padded(&opened) {
-            q = q.bind(*hopper_id).bind(*attempt_id);
+        for row in padded(&claimed) {
+            q = q.bind(row.hopper_id).bind(row.attempt_id);
         }
-        q.execute(&mut *tx).await?;
+        q.bind(hold_until).bind(now).execute(&mut *tx).await?;
         tx.commit().await?;
-
-        let mut out = Vec::with_capacity(claimed.len());
-        for (hopper_id, contact_id, attempts) in claimed {
-            let (phone, name, email, fields) = contacts.remove(&contact_id).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "hopper row {hopper_id} names missing contact {contact_id}"
-                ))
-            })?;
-            let attempt_id = *attempt_of.get(&hopper_id).ok_or_else(|| {
-                StoreError::Corrupt(format!("no attempt opened for hopper row {hopper_id}"))
-            })?;
-            out.push(Claimed {
-                hopper_id,
-                contact_id,
-                attempt_id,
-                campaign_id,
-                attempts,
-                phone,
-                name,
-                email,
-                fields,
-            });
-        }
-        Ok(out)
+        Ok(claimed)
     }
 
     /// How many earlier sends of this attempt's row met the pair rate limit (131056).

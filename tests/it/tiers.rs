@@ -368,3 +368,47 @@ async fn a_status_batch_moves_each_row_forward_only(db: TestDb) {
     );
 }
 crate::both_backends!(a_status_batch_moves_each_row_forward_only);
+
+/// A claim opens attempts only for the rows it sends: the rows its tier holds back wait with
+/// no attempt and nothing in flight.
+async fn rows_the_tier_holds_back_keep_no_attempt(db: TestDb) {
+    use tiercast::domain::Tier;
+    use tiercast::store::ClaimGate;
+    let (clock, _cfg, id) = started_without_daemon(&db, 5).await;
+    let now = clock.now_millis();
+    let budget = db
+        .store
+        .tier_budget("acme", Some(Tier::Limited(2)))
+        .await
+        .unwrap();
+    let gate = ClaimGate {
+        budget: Some(&budget),
+        local_hours: None,
+    };
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, 5, &gate)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let attempts: Vec<(i64, String)> =
+        sqlx::query_as("SELECT hopper_id, status FROM attempts ORDER BY hopper_id")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    let sent: Vec<(i64, String)> = claimed
+        .iter()
+        .map(|c| (c.hopper_id, "sending".to_string()))
+        .collect();
+    assert_eq!(attempts, sent);
+    let (held, in_flight): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE waiting_for_tier = 1), COUNT(inflight_attempt_id) FROM hopper \
+         WHERE campaign_id = $1",
+    )
+    .bind(id)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!((held, in_flight), (3, 2));
+}
+crate::both_backends!(rows_the_tier_holds_back_keep_no_attempt);

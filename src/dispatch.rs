@@ -19,9 +19,9 @@ use crate::config::{Campaign, Config};
 use crate::domain::error_class::{Classification, ErrorClass};
 use crate::domain::template::{CompiledMapping, ContactFields, TemplateDef};
 use crate::domain::{CampaignState, Outcome};
-use crate::group_commit::GroupCommit;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
+use crate::outcomes::Outcomes;
 use crate::provider::{Provider, SendError, TemplateMessage};
 use crate::store::{
     ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError, AWAITING_RETRY_RUN,
@@ -88,8 +88,8 @@ pub struct Dispatcher {
     clock: SharedClock,
     config: Arc<Config>,
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
-    /// Accepted sends are recorded in group commits.
-    settles: GroupCommit<Settle, ()>,
+    /// Accepted sends are recorded in group commits (shared with the inbox's statuses).
+    outcomes: Outcomes,
 }
 
 impl Dispatcher {
@@ -98,6 +98,7 @@ impl Dispatcher {
         clock: SharedClock,
         config: Arc<Config>,
         lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+        outcomes: Outcomes,
     ) -> Self {
         let holder = format!(
             "{}-{}-{:08x}",
@@ -107,16 +108,7 @@ impl Dispatcher {
         );
         Dispatcher {
             holder: holder.into(),
-            settles: {
-                let store = store.clone();
-                GroupCommit::new(Arc::new(move |batch: Vec<Settle>| {
-                    let store = store.clone();
-                    Box::pin(async move {
-                        store.settle_accepted_many(&batch).await?;
-                        Ok(vec![(); batch.len()])
-                    })
-                }))
-            },
+            outcomes,
             store,
             clock,
             config,
@@ -518,8 +510,8 @@ impl Dispatcher {
             Ok(accepted) => {
                 let now = self.now();
                 let deadline = now + campaign.config.response_timeout.as_millis() as Millis;
-                self.settles
-                    .write(Settle {
+                self.outcomes
+                    .accepted(Settle {
                         attempt_id: row.attempt_id,
                         wamid: accepted.wamid.clone(),
                         wa_id: accepted.wa_id.clone(),

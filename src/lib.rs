@@ -19,6 +19,7 @@ pub mod import;
 pub mod inbox;
 pub mod lines;
 pub mod metrics;
+pub mod outcomes;
 pub mod pacer;
 pub mod provider;
 pub mod serve;

@@ -11,6 +11,7 @@ use crate::http::{self, HttpState};
 use crate::inbox::Inbox;
 use crate::lines::{self, LineRuntime, SIM_ACCESS_TOKEN, SIM_APP_SECRET};
 use crate::metrics as m;
+use crate::outcomes::Outcomes;
 use crate::provider::Provider;
 use crate::sim::{SimConfig, SimLine, Simulator};
 use crate::store::Store;
@@ -159,17 +160,21 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
 
     sync_templates(&store, &options.clock, &lines, None).await;
 
+    // Accepted sends and status webhooks share one group commit.
+    let outcomes = Outcomes::new(store.clone(), options.clock.clone(), config.clone());
     let inbox = Inbox::new(
         store.clone(),
         options.clock.clone(),
         config.clone(),
         lines.clone(),
+        outcomes.clone(),
     );
     let dispatcher = Dispatcher::new(
         store.clone(),
         options.clock.clone(),
         config.clone(),
         lines.clone(),
+        outcomes,
     );
 
     let router = http::router(HttpState {

@@ -2,15 +2,15 @@
 //! forward and settle attempts; failures are classified with the same table as synchronous
 //! errors (SPEC §2 rule 6); template and preference events update templates and opt-outs.
 
-use crate::clock::{Millis, SharedClock};
+use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::config::ProviderKind;
 use crate::dispatch::{failure_action, parse_callback_data};
 use crate::domain::error_class::{classify_gupshup, classify_meta, ErrorClass};
 use crate::domain::{CampaignState, Outcome, Tier};
-use crate::group_commit::GroupCommit;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
+use crate::outcomes::{response_timeout, Outcomes};
 use crate::store::{
     AppliedStatus, CategoryChange, FailureAction, StatusRecord, StatusUpdate, Store, StoreError,
 };
@@ -37,8 +37,9 @@ pub struct Inbox {
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Opt-out keywords, normalised (matched against the whole message).
     opt_out_keywords: Arc<Vec<String>>,
-    /// The statuses of concurrent webhook POSTs are applied in group commits.
-    status_writes: GroupCommit<Arc<[StatusRecord]>, Vec<AppliedStatus>>,
+    /// The statuses of concurrent webhook POSTs are applied in group commits (shared with
+    /// the dispatcher's accepted sends).
+    outcomes: Outcomes,
 }
 
 impl Inbox {
@@ -47,6 +48,7 @@ impl Inbox {
         clock: SharedClock,
         config: Arc<Config>,
         lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+        outcomes: Outcomes,
     ) -> Self {
         let opt_out_keywords = Arc::new(
             config
@@ -56,28 +58,13 @@ impl Inbox {
                 .map(|k| crate::domain::text::normalize(k))
                 .collect(),
         );
-        let status_writes = {
-            let store = store.clone();
-            let config = config.clone();
-            let clock = clock.clone();
-            GroupCommit::new(Arc::new(move |posts: Vec<Arc<[StatusRecord]>>| {
-                let store = store.clone();
-                let config = config.clone();
-                let now = clock.now_millis();
-                Box::pin(async move {
-                    store
-                        .apply_status_posts(posts, &|name| response_timeout(&config, name), now)
-                        .await
-                }) as BoxFuture<'static, _>
-            }))
-        };
         Inbox {
             store,
             clock,
             config,
             lines,
             opt_out_keywords,
-            status_writes,
+            outcomes,
         }
     }
 
@@ -379,7 +366,7 @@ impl Inbox {
             });
         }
         let records: Arc<[StatusRecord]> = records.into();
-        let mut applied = self.status_writes.write(records.clone()).await?;
+        let mut applied = self.outcomes.statuses(records.clone()).await?;
         // An id we do not know may be another id of one of ours (a Gupshup report naming only
         // the WhatsApp id): looked up only on a miss, so Meta's path pays nothing.
         let mut again = Vec::new();
@@ -534,11 +521,4 @@ impl Inbox {
         };
         Ok(self.config.campaign(&name).cloned())
     }
-}
-
-/// The configured response timeout of the campaign named `name`, in milliseconds.
-fn response_timeout(config: &Config, name: &str) -> Option<Millis> {
-    config
-        .campaign(name)
-        .map(|c| c.response_timeout.as_millis() as Millis)
 }

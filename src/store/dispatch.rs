@@ -354,20 +354,6 @@ impl Store {
         .await?)
     }
 
-    /// Records accepted sends (from the HTTP answers; `group_commit.rs` groups them) in one
-    /// transaction. See [`Store::settle_accepted_in`].
-    pub async fn settle_accepted_many(&self, settles: &[Settle]) -> StoreResult<()> {
-        let mut rows = settles.to_vec();
-        rows.sort_by_key(|s| s.attempt_id);
-        retry_deadlocks(|| async {
-            let mut tx = self.pool.begin().await?;
-            self.settle_accepted_in(&mut tx, &rows).await?;
-            tx.commit().await?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Records a failed send and moves the row as `action` says.
     pub async fn record_failure(
         &self,
@@ -530,23 +516,34 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Applies the statuses of several webhook POSTs in one transaction (see
-    /// `group_commit.rs`), answering each POST's own results.
-    pub async fn apply_status_posts(
+    /// Records accepted sends and applies the statuses of several webhook POSTs in one
+    /// transaction (see `outcomes.rs`), answering each POST's own results. The sends come
+    /// first, so a status of a send in the same batch finds it settled.
+    pub async fn record_outcomes(
         &self,
-        posts: Vec<std::sync::Arc<[StatusRecord]>>,
+        settles: &[Settle],
+        posts: &[std::sync::Arc<[StatusRecord]>],
         timeouts: &ResponseTimeouts<'_>,
         now: Millis,
     ) -> StoreResult<Vec<Vec<AppliedStatus>>> {
+        let mut settles = settles.to_vec();
+        settles.sort_by_key(|s| s.attempt_id);
         let updates: Vec<StatusUpdate<'_>> = posts
             .iter()
             .flat_map(|post| post.iter())
             .map(StatusRecord::as_update)
             .collect();
-        let mut applied = self
-            .apply_statuses(&updates, timeouts, now)
-            .await?
-            .into_iter();
+        let applied = retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            self.settle_accepted_in(&mut tx, &settles).await?;
+            let applied = self
+                .apply_statuses_in(&mut tx, &updates, timeouts, now)
+                .await?;
+            tx.commit().await?;
+            Ok(applied)
+        })
+        .await?;
+        let mut applied = applied.into_iter();
         Ok(posts
             .iter()
             .map(|post| applied.by_ref().take(post.len()).collect())
@@ -564,24 +561,32 @@ impl Store {
         timeouts: &ResponseTimeouts<'_>,
         now: Millis,
     ) -> StoreResult<Vec<AppliedStatus>> {
-        retry_deadlocks(|| self.apply_statuses_once(updates, timeouts, now)).await
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            let applied = self
+                .apply_statuses_in(&mut tx, updates, timeouts, now)
+                .await?;
+            tx.commit().await?;
+            Ok(applied)
+        })
+        .await
     }
 
-    async fn apply_statuses_once(
+    async fn apply_statuses_in(
         &self,
+        tx: &mut Transaction<'static, Any>,
         updates: &[StatusUpdate<'_>],
         timeouts: &ResponseTimeouts<'_>,
         now: Millis,
     ) -> StoreResult<Vec<AppliedStatus>> {
         let mut out = vec![AppliedStatus::default(); updates.len()];
-        let mut tx = self.pool.begin().await?;
         // A status naming an attempt still in flight (it beat the HTTP answer, or the daemon
         // died before recording it) settles it first, once per attempt. Usually none is: the
         // answer came first. One lookup for the whole batch, not one per webhook POST.
         let mut named: Vec<i64> = updates.iter().filter_map(|u| u.attempt_id).collect();
         named.sort_unstable();
         named.dedup();
-        let in_flight = self.attempts_in_flight(&mut tx, &named).await?;
+        let in_flight = self.attempts_in_flight(tx, &named).await?;
         // One settle per attempt in flight, its response deadline counted from the attempt's
         // earliest status here (`sent`, when present): a `read` may arrive first. A timestamp
         // ahead of the daemon's clock (skew, or a provider's milliseconds read as seconds)
@@ -609,7 +614,7 @@ impl Store {
             })
             .collect();
         settles.sort_by_key(|s| s.attempt_id);
-        self.settle_accepted_in(&mut tx, &settles).await?;
+        self.settle_accepted_in(tx, &settles).await?;
 
         // Statuses of words we track, grouped by message. A word of no step we track has
         // nothing to apply and nothing to look for.
@@ -627,7 +632,7 @@ impl Store {
         // delivered and read together), and no statement returns a row per status.
         let mut moves: Vec<StatusMove<'_>> = Vec::new();
         for chunk in wamids.chunks(STATUS_CHUNK) {
-            for row in self.status_rows(&mut tx, chunk).await? {
+            for row in self.status_rows(tx, chunk).await? {
                 let indices = &by_wamid[row.wamid.as_str()];
                 for i in indices {
                     out[*i].known = true;
@@ -638,7 +643,7 @@ impl Store {
             }
         }
         for chunk in moves.chunks(STATUS_CHUNK) {
-            self.write_status_moves(&mut tx, chunk).await?;
+            self.write_status_moves(tx, chunk).await?;
         }
         // Not a campaign row: perhaps a text or recontact sent from the inbox.
         for indices in by_wamid.values() {
@@ -652,13 +657,12 @@ impl Store {
                 )
                 .bind(update.wamid)
                 .bind(update.status)
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?
                 .rows_affected()
                     > 0;
             }
         }
-        tx.commit().await?;
         Ok(out)
     }
 

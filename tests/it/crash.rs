@@ -329,7 +329,15 @@ lists = ["l"]
 
     let clock: SharedClock = Arc::new(db.clock.clone());
     let lines = Arc::new(tiercast::lines::build(&config, None).unwrap());
-    let dispatcher = Dispatcher::new(db.store.clone(), clock.clone(), config.clone(), lines);
+    let outcomes =
+        tiercast::outcomes::Outcomes::new(db.store.clone(), clock.clone(), config.clone());
+    let dispatcher = Dispatcher::new(
+        db.store.clone(),
+        clock.clone(),
+        config.clone(),
+        lines,
+        outcomes.clone(),
+    );
     dispatcher.hold_orphans("main").await;
     assert_eq!(
         dispatcher.reconcile("main").await.unwrap(),
@@ -357,6 +365,7 @@ lists = ["l"]
         clock.clone(),
         config.clone(),
         Default::default(),
+        outcomes,
     );
     inbox.apply(&events).await.unwrap();
 

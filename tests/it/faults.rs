@@ -267,7 +267,9 @@ max_attempts = 2
     let campaign_id = db.store.ensure_campaign("c", 0).await.unwrap().id;
     let clock: SharedClock = Arc::new(db.clock.clone());
     let lines = Arc::new(tiercast::lines::build(&config, None).unwrap());
-    let dispatcher = Dispatcher::new(db.store.clone(), clock, config.clone(), lines);
+    let outcomes =
+        tiercast::outcomes::Outcomes::new(db.store.clone(), clock.clone(), config.clone());
+    let dispatcher = Dispatcher::new(db.store.clone(), clock, config.clone(), lines, outcomes);
     let hold = config.server.reconcile_after;
 
     for round in 1..=2 {

@@ -277,7 +277,11 @@ async fn a_status_batch_moves_each_row_forward_only(db: TestDb) {
             response_deadline: now + 60_000,
         })
         .collect();
-    db.store.settle_accepted_many(&settles).await.unwrap();
+    let timeouts = |_: &str| None;
+    db.store
+        .record_outcomes(&settles, &[], &timeouts, now)
+        .await
+        .unwrap();
     let status = |wamid, status, at| StatusUpdate {
         wamid,
         attempt_id: None,
@@ -286,7 +290,6 @@ async fn a_status_batch_moves_each_row_forward_only(db: TestDb) {
         error_code: None,
         error_text: None,
     };
-    let timeouts = |_: &str| None;
     let applied = db
         .store
         .apply_statuses(
@@ -412,3 +415,51 @@ async fn rows_the_tier_holds_back_keep_no_attempt(db: TestDb) {
     assert_eq!((held, in_flight), (3, 2));
 }
 crate::both_backends!(rows_the_tier_holds_back_keep_no_attempt);
+
+/// An accepted send and a status webhook naming it can share one group commit (the daemon's
+/// outcome writes queue together): the send settles first and once, the status then moves
+/// the settled row.
+async fn a_send_and_its_status_recorded_together_settle_once(db: TestDb) {
+    use tiercast::store::{ClaimGate, Settle, StatusRecord};
+    let (clock, _cfg, id) = started_without_daemon(&db, 1).await;
+    let now = clock.now_millis();
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, 1, &ClaimGate::default())
+        .await
+        .unwrap();
+    let attempt_id = claimed[0].attempt_id;
+    let settle = Settle {
+        attempt_id,
+        wamid: "wamid.T".into(),
+        wa_id: None,
+        now,
+        response_deadline: now + 60_000,
+    };
+    let post: std::sync::Arc<[StatusRecord]> = vec![StatusRecord {
+        wamid: "wamid.T".into(),
+        attempt_id: Some(attempt_id),
+        status: "sent".into(),
+        at: now + 5,
+        error_code: None,
+        error_text: None,
+    }]
+    .into();
+    let applied = db
+        .store
+        .record_outcomes(&[settle], &[post], &|_: &str| Some(1_000), now + 10)
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), 1);
+    assert!(applied[0][0].known && applied[0][0].advanced.is_some());
+    let row: (String, i64, String, i64) = sqlx::query_as(
+        "SELECT state, attempts, message_status, response_deadline FROM hopper WHERE campaign_id = $1",
+    )
+    .bind(id)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    // The send's own deadline: the status found nothing left in flight to settle.
+    assert_eq!(row, ("pending".into(), 1, "sent".into(), now + 60_000));
+}
+crate::both_backends!(a_send_and_its_status_recorded_together_settle_once);

@@ -8,8 +8,9 @@
 //! and if none comes by `hold_until`, [`Store::reconcile_stale`] abandons it and the contact
 //! becomes due again. A restarted daemon first extends the holds its predecessor left
 //! ([`Store::hold_orphans`]), so the time it was down does not count against them: the
-//! provider's webhooks get a full `reconcile_after` of uptime to name those attempts. Every outcome write is guarded by `inflight_attempt_id`, so a late or
-//! duplicated answer can never move a row twice.
+//! provider's webhooks get a full `reconcile_after` of uptime to name those attempts. Every
+//! outcome write is guarded by `inflight_attempt_id`, so a late or duplicated answer can never
+//! move a row twice.
 
 use super::tiers::TierBudget;
 use super::{

@@ -169,6 +169,23 @@ async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
 }
 crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);
 
+/// [`started_without_daemon`], then every row claimed with no gate: the clock's time, the
+/// campaign id and the claimed rows (in hopper order).
+async fn claimed_without_daemon(
+    db: &TestDb,
+    n: usize,
+) -> (i64, i64, Vec<tiercast::store::Claimed>) {
+    let (clock, _cfg, id) = started_without_daemon(db, n).await;
+    let now = clock.now_millis();
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, n, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    (now, id, claimed)
+}
+
 /// `n` contacts imported into list `l` and campaign `c` started, straight on the store.
 async fn started_without_daemon(db: &TestDb, n: usize) -> (ManualClock, Config, i64) {
     let clock = ManualClock::new(chrono::Utc::now());
@@ -189,19 +206,8 @@ async fn started_without_daemon(db: &TestDb, n: usize) -> (ManualClock, Config, 
 /// never from a time ahead of the daemon's clock: the simulator once stamped statuses with the
 /// wall clock in tests that drive time by hand, and such a row stayed `pending` for good.
 async fn a_webhook_settle_counts_the_deadline_from_the_earliest_status(db: TestDb) {
-    use tiercast::store::{ClaimGate, StatusUpdate};
-    let (clock, _cfg, id) = started_without_daemon(&db, 2).await;
-    let now = clock.now_millis();
-    let gate = ClaimGate {
-        budget: None,
-        local_hours: None,
-    };
-    let claimed = db
-        .store
-        .claim_due(id, "main", now, now + 60_000, 2, &gate)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), 2);
+    use tiercast::store::StatusUpdate;
+    let (now, id, claimed) = claimed_without_daemon(&db, 2).await;
     let (early, skewed) = (claimed[0].attempt_id, claimed[1].attempt_id);
     let status = |wamid, attempt_id, status, at| StatusUpdate {
         wamid,
@@ -254,18 +260,8 @@ crate::both_backends!(a_webhook_settle_counts_the_deadline_from_the_earliest_sta
 /// Statuses apply in rank order whatever order they came in, each only when it moves its row
 /// forward (SPEC §2 rule 8); a batch writes each row once with the state its statuses leave.
 async fn a_status_batch_moves_each_row_forward_only(db: TestDb) {
-    use tiercast::store::{ClaimGate, Settle, StatusUpdate};
-    let (clock, _cfg, id) = started_without_daemon(&db, 2).await;
-    let now = clock.now_millis();
-    let gate = ClaimGate {
-        budget: None,
-        local_hours: None,
-    };
-    let claimed = db
-        .store
-        .claim_due(id, "main", now, now + 60_000, 2, &gate)
-        .await
-        .unwrap();
+    use tiercast::store::{Settle, StatusUpdate};
+    let (now, id, claimed) = claimed_without_daemon(&db, 2).await;
     let settles: Vec<Settle> = claimed
         .iter()
         .zip(["wamid.A", "wamid.B"])
@@ -420,14 +416,8 @@ crate::both_backends!(rows_the_tier_holds_back_keep_no_attempt);
 /// outcome writes queue together): the send settles first and once, the status then moves
 /// the settled row.
 async fn a_send_and_its_status_recorded_together_settle_once(db: TestDb) {
-    use tiercast::store::{ClaimGate, Settle, StatusRecord};
-    let (clock, _cfg, id) = started_without_daemon(&db, 1).await;
-    let now = clock.now_millis();
-    let claimed = db
-        .store
-        .claim_due(id, "main", now, now + 60_000, 1, &ClaimGate::default())
-        .await
-        .unwrap();
+    use tiercast::store::{Settle, StatusRecord};
+    let (now, id, claimed) = claimed_without_daemon(&db, 1).await;
     let attempt_id = claimed[0].attempt_id;
     let settle = Settle {
         attempt_id,

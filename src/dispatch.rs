@@ -58,6 +58,8 @@ pub struct ActiveCampaign {
     pub template: TemplateDef,
     pub mapping: CompiledMapping,
     paused: AtomicBool,
+    sent: metrics::Counter,
+    send_latency: metrics::Histogram,
 }
 
 /// What one pass did.
@@ -197,6 +199,8 @@ impl Dispatcher {
                     template,
                     mapping,
                     paused: AtomicBool::new(false),
+                    sent: m::messages_sent(line, &campaign.name),
+                    send_latency: m::send_latency(line),
                 })),
                 Err(reason) => {
                     self.pause(row.id, &campaign.name, &reason).await?;
@@ -444,8 +448,6 @@ impl Dispatcher {
         campaign: &ActiveCampaign,
         row: Claimed,
     ) -> Result<SendResult, StoreError> {
-        let line = rt.line.name.as_str();
-        let name = campaign.config.name.as_str();
         if campaign.paused.load(Ordering::SeqCst) {
             // The campaign broke while this row waited: give it back untouched.
             self.store
@@ -505,7 +507,7 @@ impl Dispatcher {
         };
         let started = Instant::now();
         let result = rt.provider.send_template(&message).await;
-        m::send_latency(line, started.elapsed());
+        campaign.send_latency.record(started.elapsed());
         match result {
             Ok(accepted) => {
                 let now = self.now();
@@ -519,7 +521,7 @@ impl Dispatcher {
                         response_deadline: deadline,
                     })
                     .await?;
-                m::message_sent(line, name);
+                campaign.sent.increment(1);
                 tracing::Span::current().record("wamid", accepted.wamid.as_str());
                 tracing::debug!(wamid = %accepted.wamid, status = ?accepted.message_status, "template accepted");
                 Ok(SendResult::Accepted)

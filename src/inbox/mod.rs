@@ -352,9 +352,16 @@ impl Inbox {
         // The attempt a status names (our callback data) settles it if it is still in flight:
         // the group commit looks that up once for its whole batch.
         let mut records = Vec::with_capacity(events.len());
+        // One counter update per (line, status) of the batch, not per event: a registry
+        // lookup builds and hashes the labels each time.
+        let mut counts: Vec<(&str, &str, u64)> = Vec::new();
         for ev in events {
             let line = self.line_of(&ev.phone_number_id).unwrap_or("unknown");
-            m::message_status(line, ev.status.as_str());
+            let status = ev.status.as_str();
+            match counts.iter_mut().find(|c| c.0 == line && c.1 == status) {
+                Some(c) => c.2 += 1,
+                None => counts.push((line, status, 1)),
+            }
             let error = ev.errors.first();
             records.push(StatusRecord {
                 wamid: ev.wamid.clone(),
@@ -364,6 +371,9 @@ impl Inbox {
                 error_code: error.map(|e| e.code),
                 error_text: error.map(|e| e.title.clone()),
             });
+        }
+        for (line, status, n) in counts {
+            m::message_statuses(line, status, n);
         }
         let records: Arc<[StatusRecord]> = records.into();
         let mut applied = self.outcomes.statuses(records.clone()).await?;

@@ -134,31 +134,18 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
 /// hold those rows again for a day. Seen once as a stalled PostgreSQL test under load.
 async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
     use tiercast::domain::Tier;
-    use tiercast::store::ClaimGate;
-    let (clock, cfg, id) = started_without_daemon(&db, 5).await;
-    let now = clock.now_millis();
-    let hold = now + 60_000;
-    let stale = db
-        .store
-        .tier_budget("acme", Some(Tier::Limited(2)))
-        .await
-        .unwrap();
-    let gate = ClaimGate {
-        budget: Some(&stale),
-        local_hours: None,
-    };
-    let first = db
-        .store
-        .claim_due(id, "main", now, hold, 2, &gate)
-        .await
-        .unwrap();
+    let (now, cfg, id, stale, first) = claimed_under_a_tier_of_two(&db, 2).await;
     assert_eq!(first.len(), 2, "the tier of 2 admits two");
     tiercast::tiers::apply(&db.store, &cfg, "acme", Tier::Limited(2000), "api", now)
         .await
         .unwrap();
+    let gate = tiercast::store::ClaimGate {
+        budget: Some(&stale),
+        local_hours: None,
+    };
     let rest = db
         .store
-        .claim_due(id, "main", now, hold, 10, &gate)
+        .claim_due(id, "main", now, now + 60_000, 10, &gate)
         .await
         .unwrap();
     assert_eq!(
@@ -168,6 +155,38 @@ async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
     );
 }
 crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);
+
+/// Five contacts started without a daemon, then up to `limit` rows claimed under portfolio
+/// `acme`'s tier of 2: the clock's time, the config, the campaign id, the budget the claim
+/// read and the claimed rows.
+async fn claimed_under_a_tier_of_two(
+    db: &TestDb,
+    limit: usize,
+) -> (
+    i64,
+    Config,
+    i64,
+    tiercast::store::TierBudget,
+    Vec<tiercast::store::Claimed>,
+) {
+    let (clock, cfg, id) = started_without_daemon(db, 5).await;
+    let now = clock.now_millis();
+    let budget = db
+        .store
+        .tier_budget("acme", Some(tiercast::domain::Tier::Limited(2)))
+        .await
+        .unwrap();
+    let gate = tiercast::store::ClaimGate {
+        budget: Some(&budget),
+        local_hours: None,
+    };
+    let claimed = db
+        .store
+        .claim_due(id, "main", now, now + 60_000, limit, &gate)
+        .await
+        .unwrap();
+    (now, cfg, id, budget, claimed)
+}
 
 /// [`started_without_daemon`], then every row claimed with no gate: the clock's time, the
 /// campaign id and the claimed rows (in hopper order).
@@ -371,24 +390,7 @@ crate::both_backends!(a_status_batch_moves_each_row_forward_only);
 /// A claim opens attempts only for the rows it sends: the rows its tier holds back wait with
 /// no attempt and nothing in flight.
 async fn rows_the_tier_holds_back_keep_no_attempt(db: TestDb) {
-    use tiercast::domain::Tier;
-    use tiercast::store::ClaimGate;
-    let (clock, _cfg, id) = started_without_daemon(&db, 5).await;
-    let now = clock.now_millis();
-    let budget = db
-        .store
-        .tier_budget("acme", Some(Tier::Limited(2)))
-        .await
-        .unwrap();
-    let gate = ClaimGate {
-        budget: Some(&budget),
-        local_hours: None,
-    };
-    let claimed = db
-        .store
-        .claim_due(id, "main", now, now + 60_000, 5, &gate)
-        .await
-        .unwrap();
+    let (_, _, id, _, claimed) = claimed_under_a_tier_of_two(&db, 5).await;
     assert_eq!(claimed.len(), 2);
     let attempts: Vec<(i64, String)> =
         sqlx::query_as("SELECT hopper_id, status FROM attempts ORDER BY hopper_id")

@@ -139,15 +139,7 @@ async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
     tiercast::tiers::apply(&db.store, &cfg, "acme", Tier::Limited(2000), "api", now)
         .await
         .unwrap();
-    let gate = tiercast::store::ClaimGate {
-        budget: Some(&stale),
-        local_hours: None,
-    };
-    let rest = db
-        .store
-        .claim_due(id, "main", now, now + 60_000, 10, &gate)
-        .await
-        .unwrap();
+    let rest = claim_within(&db, id, now, 10, &stale).await;
     assert_eq!(
         rest.len(),
         3,
@@ -176,16 +168,26 @@ async fn claimed_under_a_tier_of_two(
         .tier_budget("acme", Some(tiercast::domain::Tier::Limited(2)))
         .await
         .unwrap();
+    let claimed = claim_within(db, id, now, limit, &budget).await;
+    (now, cfg, id, budget, claimed)
+}
+
+/// Up to `limit` of campaign `id`'s due rows claimed within `budget`, held for a minute.
+async fn claim_within(
+    db: &TestDb,
+    id: i64,
+    now: i64,
+    limit: usize,
+    budget: &tiercast::store::TierBudget,
+) -> Vec<tiercast::store::Claimed> {
     let gate = tiercast::store::ClaimGate {
-        budget: Some(&budget),
+        budget: Some(budget),
         local_hours: None,
     };
-    let claimed = db
-        .store
+    db.store
         .claim_due(id, "main", now, now + 60_000, limit, &gate)
         .await
-        .unwrap();
-    (now, cfg, id, budget, claimed)
+        .unwrap()
 }
 
 /// [`started_without_daemon`], then every row claimed with no gate: the clock's time, the

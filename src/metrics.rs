@@ -22,7 +22,9 @@ pub const REPLIES: &str = "tiercast_replies_total";
 pub const INTERACTIONS_OPEN: &str = "tiercast_interactions_open";
 
 /// The handle of a campaign's sent counter: the dispatcher keeps it with the campaign, as
-/// a registry lookup per message builds and hashes the labels each time.
+/// a registry lookup per message builds and hashes the labels each time. A handle taken
+/// before the recorder is installed counts nothing; `serve` installs it before the
+/// dispatchers start, and they take fresh handles with every campaign refresh (0.5 s).
 pub fn messages_sent(line: &str, campaign: &str) -> metrics::Counter {
     counter!(MESSAGES_SENT, "line" => line.to_string(), "campaign" => campaign.to_string())
 }

@@ -151,6 +151,26 @@ async fn metrics_after_a_known_run() {
         .unwrap();
     assert_eq!(rejected.status(), 401);
 
+    // One POST carrying three statuses of one kind counts three (counters are bumped once
+    // per line and status of a batch, by the batch's count). Their wamids are not ours, so
+    // they move no row.
+    let statuses: Vec<Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({ "id": format!("wamid.metrics-foreign-{i}"), "status": "delivered",
+                "timestamp": "1795000000", "recipient_id": "5511970002999" })
+        })
+        .collect();
+    let body = serde_json::json!({ "object": "whatsapp_business_account", "entry": [{
+        "id": "sim-waba-main", "changes": [{ "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550000000",
+                "phone_number_id": daemon.config.lines[0].phone_number_id },
+            "statuses": statuses } }] }] });
+    assert_eq!(
+        post_signed_webhook(&daemon.url(), body.to_string()).await,
+        200
+    );
+
     // The gauges come from housekeeping (every second): poll until they show the end state.
     let url = format!("{}/metrics", daemon.url());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -213,6 +233,14 @@ async fn metrics_after_a_known_run() {
             &[("line", LINE), ("status", "failed")]
         ),
         3.0
+    );
+    assert_eq!(
+        v(
+            "tiercast_message_status_total",
+            &[("line", LINE), ("status", "delivered")]
+        ),
+        10.0,
+        "7 from the simulator's read messages, 3 from the one POST"
     );
     let hopper = |state| {
         v(

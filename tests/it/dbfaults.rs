@@ -214,6 +214,28 @@ async fn postgres_connections_killed_mid_campaign_are_survived() {
         // Spaced so the pool reconnects in between and loses those connections again.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // The pool replaces a connection killed while idle without a word, so the rounds above
+    // may all have hit idle ones: kill one in the middle of a statement or transaction too,
+    // which the daemon must see fail (and log).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut killed_busy = 0;
+    while killed_busy == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no connection of the daemon was ever busy"
+        );
+        let done: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND state IN ('active', 'idle in transaction')",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        killed_busy = done.iter().filter(|k| **k).count();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    killed += killed_busy;
     admin.close().await.unwrap();
     let after_kills = rig.ledger().await.len();
     assert!(killed > 0, "no connection was terminated");

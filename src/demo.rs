@@ -59,14 +59,9 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     println!("imported {summary}");
-    campaign::command(
-        &daemon.store,
-        clock.as_ref(),
-        &config,
-        DEMO_CAMPAIGN,
-        CampaignCommand::Start,
-    )
-    .await?;
+    daemon
+        .campaign_command(DEMO_CAMPAIGN, CampaignCommand::Start)
+        .await?;
     let c = campaign::find(&config, DEMO_CAMPAIGN)?;
     let line = config.line(&c.line).map(|l| l.throughput_mps).unwrap_or(0);
     println!(

@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -51,12 +52,39 @@ const THROTTLE_DELAY: Duration = Duration::from_secs(1);
 /// The pair rate limit: one message per contact per 6 s (reference §4.3).
 const PAIR_RATE_DELAY: Duration = Duration::from_secs(6);
 
+/// How often a line re-reads its campaigns (state, hours, template) while sending: a pause or
+/// stop made by another process (`tiercast campaign pause`) takes effect within this.
+const CAMPAIGN_REFRESH: Duration = Duration::from_millis(500);
+
+/// Campaign commands made in this process (the admin API) announce themselves here, so the
+/// lines re-read their campaigns at once: a start is picked up without waiting for the next
+/// refresh, and a pause or stop holds back the rest of the rows already claimed.
+#[derive(Clone)]
+pub struct CampaignChanges(Arc<watch::Sender<u64>>);
+
+impl CampaignChanges {
+    fn new() -> Self {
+        CampaignChanges(Arc::new(watch::Sender::new(0)))
+    }
+
+    /// A campaign's state changed in the database: every line re-reads its campaigns.
+    pub fn announce(&self) {
+        self.0
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
 /// A running campaign ready to send: its template checked and its mapping compiled.
 pub struct ActiveCampaign {
     pub id: i64,
     pub config: Campaign,
     pub template: TemplateDef,
     pub mapping: CompiledMapping,
+    /// Set when the campaign broke or stopped running: its rows not yet sent are given back.
     paused: AtomicBool,
     sent: metrics::Counter,
     send_latency: metrics::Histogram,
@@ -92,6 +120,7 @@ pub struct Dispatcher {
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Accepted sends are recorded in group commits (shared with the inbox's statuses).
     outcomes: Outcomes,
+    changes: CampaignChanges,
 }
 
 impl Dispatcher {
@@ -111,6 +140,7 @@ impl Dispatcher {
         Dispatcher {
             holder: holder.into(),
             outcomes,
+            changes: CampaignChanges::new(),
             store,
             clock,
             config,
@@ -120,6 +150,11 @@ impl Dispatcher {
 
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// Where this process's campaign commands announce themselves to the lines.
+    pub fn campaign_changes(&self) -> CampaignChanges {
+        self.changes.clone()
     }
 
     fn now(&self) -> Millis {
@@ -643,6 +678,44 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Re-reads the line's running campaigns. Those no longer running (paused, stopped, out of
+    /// hours) are flagged, so their rows already claimed are given back unsent.
+    async fn refresh_campaigns(&self, line: &str, campaigns: &mut Vec<Arc<ActiveCampaign>>) {
+        let mut report = PassReport::default();
+        match self.active_campaigns(line, &mut report).await {
+            Ok(fresh) => {
+                for old in campaigns.iter() {
+                    if !fresh.iter().any(|c| c.id == old.id) {
+                        old.paused.store(true, Ordering::SeqCst);
+                    }
+                }
+                *campaigns = fresh;
+            }
+            Err(e) => {
+                tracing::error!(line = %line, error = %e, "cannot read campaigns; retrying");
+                campaigns.clear();
+            }
+        }
+    }
+
+    /// Returns a claimed row to the hopper unsent, as it was before the claim.
+    async fn give_back(&self, row: &Claimed, kind: &str, reason: &str) {
+        let given_back = self
+            .store
+            .record_failure(
+                row.attempt_id,
+                &FailureAction::Untouched,
+                None,
+                kind,
+                reason,
+                self.now(),
+            )
+            .await;
+        if let Err(e) = given_back {
+            tracing::warn!(attempt = row.attempt_id, error = %e, "giving back a claimed row failed; it will be reconciled");
+        }
+    }
+
     /// The daemon's loop for one line: keeps up to `max_in_flight` sends going while there are
     /// due rows, sleeps briefly when there are none, stops claiming on shutdown and lets the
     /// sends in flight finish (their outcome recorded) before returning.
@@ -651,6 +724,8 @@ impl Dispatcher {
         let mut sends: JoinSet<Result<SendResult, StoreError>> = JoinSet::new();
         let mut campaigns: Vec<Arc<ActiveCampaign>> = Vec::new();
         let mut refreshed_at: Option<Instant> = None;
+        let mut changes = self.changes.subscribe();
+        let mut refresh_now = true;
         let capacity = rt.line.max_in_flight.max(1);
         m::line_throughput(&line, rt.line.throughput_mps);
         let lease = format!("line:{line}");
@@ -715,17 +790,10 @@ impl Dispatcher {
                 }
             }
             rt.pacer.recover(Instant::now());
-            let stale = refreshed_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(500))
-                || campaigns.iter().any(|c| c.paused.load(Ordering::SeqCst));
-            if stale {
-                let mut report = PassReport::default();
-                match self.active_campaigns(&line, &mut report).await {
-                    Ok(c) => campaigns = c,
-                    Err(e) => {
-                        tracing::error!(line = %line, error = %e, "cannot read campaigns; retrying");
-                        campaigns.clear();
-                    }
-                }
+            if refresh_due(&mut refresh_now, &mut changes, refreshed_at)
+                || campaigns.iter().any(|c| c.paused.load(Ordering::SeqCst))
+            {
+                self.refresh_campaigns(&line, &mut campaigns).await;
                 if let Err(e) = self.reconcile(&line).await {
                     tracing::error!(line = %line, error = %e, "reconcile failed; retrying");
                 }
@@ -758,6 +826,7 @@ impl Dispatcher {
                 tokio::select! {
                     _ = tokio::time::sleep(idle) => {}
                     _ = shutdown.changed() => {}
+                    Ok(()) = changes.changed() => refresh_now = true,
                     Some(done) = sends.join_next(), if !sends.is_empty() => {
                         if let Ok(Err(e)) = done {
                             tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
@@ -767,13 +836,26 @@ impl Dispatcher {
                 continue;
             }
             let mut claimed = claimed.into_iter();
-            for (campaign, row) in claimed.by_ref() {
-                tokio::select! {
-                    _ = rt.pacer.until_ready() => {}
-                    _ = shutdown.changed() => {
-                        // Give back this row and the rest of the batch untouched.
-                        let _ = self.store.record_failure(row.attempt_id, &FailureAction::Untouched, None, "shutdown", "daemon shutting down", self.now()).await;
-                        break;
+            'rows: for (campaign, row) in claimed.by_ref() {
+                loop {
+                    if refresh_due(&mut refresh_now, &mut changes, refreshed_at) {
+                        self.refresh_campaigns(&line, &mut campaigns).await;
+                        refreshed_at = Some(Instant::now());
+                    }
+                    if campaign.paused.load(Ordering::SeqCst) {
+                        // Paused, stopped or out of hours since the claim: not sent now.
+                        self.give_back(&row, "campaign", "campaign paused before sending")
+                            .await;
+                        continue 'rows;
+                    }
+                    tokio::select! {
+                        _ = rt.pacer.until_ready() => break,
+                        Ok(()) = changes.changed() => refresh_now = true,
+                        _ = shutdown.changed() => {
+                            // Give back this row and the rest of the batch untouched.
+                            self.give_back(&row, "shutdown", "daemon shutting down").await;
+                            break 'rows;
+                        }
                     }
                 }
                 let this = self.clone();
@@ -781,16 +863,7 @@ impl Dispatcher {
                 sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
             }
             for (_, row) in claimed {
-                let _ = self
-                    .store
-                    .record_failure(
-                        row.attempt_id,
-                        &FailureAction::Untouched,
-                        None,
-                        "shutdown",
-                        "daemon shutting down",
-                        self.now(),
-                    )
+                self.give_back(&row, "shutdown", "daemon shutting down")
                     .await;
             }
         }
@@ -804,6 +877,23 @@ impl Dispatcher {
         }
         tracing::info!(line = %line, "dispatcher stopped");
     }
+}
+
+/// Whether a line should re-read its campaigns now: asked to, announced by a campaign command
+/// in this process, or [`CAMPAIGN_REFRESH`] since the last read. Clears what it consumed.
+fn refresh_due(
+    refresh_now: &mut bool,
+    changes: &mut watch::Receiver<u64>,
+    refreshed_at: Option<Instant>,
+) -> bool {
+    let announced = changes.has_changed().unwrap_or(false);
+    let due = std::mem::take(refresh_now)
+        || announced
+        || refreshed_at.is_none_or(|t| t.elapsed() >= CAMPAIGN_REFRESH);
+    if announced {
+        changes.mark_unchanged();
+    }
+    due
 }
 
 struct RowView<'a> {

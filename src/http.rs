@@ -33,6 +33,7 @@ pub struct HttpState {
     pub metrics: Option<PrometheusHandle>,
     pub clock: SharedClock,
     pub config: Arc<Config>,
+    pub campaign_changes: crate::dispatch::CampaignChanges,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -41,6 +42,7 @@ pub fn router(state: HttpState) -> Router {
         state.clock.clone(),
         state.config.clone(),
         state.inbox.clone(),
+        state.campaign_changes.clone(),
     ));
     Router::new()
         .route("/webhooks/meta", get(meta_handshake).post(meta_events))

@@ -3,10 +3,11 @@
 //! the built-in Cloud API simulator in-process, posting its webhooks back to us.
 //! `tiercast serve`, `demo` and `retry` all run through [`start`].
 
+use crate::campaign::{self, CampaignError};
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, ProviderKind};
 use crate::dispatch::Dispatcher;
-use crate::domain::{CampaignState, HopperState, Outcome};
+use crate::domain::{CampaignCommand, CampaignState, HopperState, Outcome};
 use crate::http::{self, HttpState};
 use crate::inbox::Inbox;
 use crate::lines::{self, LineRuntime, SIM_ACCESS_TOKEN, SIM_APP_SECRET};
@@ -14,7 +15,7 @@ use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::Provider;
 use crate::sim::{SimConfig, SimLine, Simulator};
-use crate::store::Store;
+use crate::store::{CampaignRow, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ pub struct Daemon {
     pub dispatcher: Dispatcher,
     pub inbox: Inbox,
     pub lines: Arc<HashMap<String, Arc<LineRuntime>>>,
+    clock: SharedClock,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     /// The in-process simulator's server: stopped after the dispatchers, whose sends in
@@ -184,6 +186,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         metrics: metrics_handle(),
         clock: options.clock.clone(),
         config: config.clone(),
+        campaign_changes: dispatcher.campaign_changes(),
     });
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -242,6 +245,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         dispatcher,
         inbox,
         lines,
+        clock: options.clock,
         shutdown,
         tasks,
         simulator_task,
@@ -276,6 +280,18 @@ impl Daemon {
             task.abort();
         }
         self.store.close().await;
+    }
+
+    /// Applies a campaign command as the admin API does: in the database, then announced to
+    /// this daemon's lines, which act on it at once.
+    pub async fn campaign_command(
+        &self,
+        name: &str,
+        cmd: CampaignCommand,
+    ) -> Result<CampaignRow, CampaignError> {
+        let row = campaign::command(&self.store, &*self.clock, &self.config, name, cmd).await?;
+        self.dispatcher.campaign_changes().announce();
+        Ok(row)
     }
 
     pub fn url(&self) -> String {

@@ -48,6 +48,8 @@ pub struct ApiState {
     pub inbox: crate::inbox::Inbox,
     pub clock: SharedClock,
     pub config: Arc<Config>,
+    /// Campaign commands announce themselves to this daemon's lines.
+    pub campaign_changes: crate::dispatch::CampaignChanges,
     auth: Arc<Auth>,
 }
 
@@ -66,6 +68,7 @@ impl ApiState {
         clock: SharedClock,
         config: Arc<Config>,
         inbox: crate::inbox::Inbox,
+        campaign_changes: crate::dispatch::CampaignChanges,
     ) -> Self {
         let auth = match config.admin_token() {
             Ok(Some(token)) => Auth::Token(Sha256::digest(token.expose().as_bytes()).into()),
@@ -84,6 +87,7 @@ impl ApiState {
             inbox,
             clock,
             config,
+            campaign_changes,
             auth: Arc::new(auth),
         }
     }

@@ -4,7 +4,6 @@
 
 pub mod webhooks;
 
-use crate::campaign;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::domain::CampaignCommand;
@@ -178,14 +177,9 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let cpu_before = cpu(&others);
     let started = Instant::now();
     for c in &config.campaigns {
-        campaign::command(
-            &daemon.store,
-            clock.as_ref(),
-            &config,
-            &c.name,
-            CampaignCommand::Start,
-        )
-        .await?;
+        daemon
+            .campaign_command(&c.name, CampaignCommand::Start)
+            .await?;
     }
     // Progress from the daemons' own counters, as Prometheus would read them: polling the
     // hopper counts instead would put a scan of the campaign on the database every tick.

@@ -405,6 +405,91 @@ async fn campaigns_import_start_and_refusals() {
     daemon.shutdown().await;
 }
 
+/// A pause through the admin API takes effect at once: the rows the line had already claimed
+/// (a second's worth at its throughput) are given back unsent instead of being paced out, and
+/// a resume sends each contact once. Without the announcement the line would send the rest of
+/// its batch and only see the pause at its next refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_through_the_api_holds_back_rows_already_claimed() {
+    let db = fresh_db().await;
+    let cfg = api_config(&db.url, true).replace("throughput_mps = 200", "throughput_mps = 10");
+    let (daemon, _) = start_daemon(&cfg, everyone_reads).await;
+    let api = Api::new(&daemon);
+    let sim = daemon.simulator.as_ref().unwrap();
+    let mut csv = String::from("phone,name\n");
+    for i in 0..30 {
+        csv.push_str(&format!("+5511988{i:06},Person {i}\n"));
+    }
+    let (status, body) = api
+        .post_raw("/api/lists/api-l/import", "text/csv", &csv)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, body) = api.post("/api/campaigns/api-c/start").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The first claim takes ten rows (one second at 10 msg/s); pause after the first send.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.ledger_len() == 0 {
+        assert!(Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (status, body) = api.post("/api/campaigns/api-c/pause").await;
+    assert_eq!(
+        (status, &body["state"]),
+        (StatusCode::OK, &json!("paused")),
+        "{body}"
+    );
+    let sent_at_pause = sim.ledger_len();
+
+    // Wait until the line holds no row (the batch given back), then count what was sent.
+    let held = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM hopper WHERE inflight_attempt_id IS NOT NULL",
+        )
+        .fetch_one(daemon.store.pool())
+        .await
+        .unwrap()
+    };
+    while held().await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the claimed rows were never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sent = sim.ledger_len();
+    assert!(
+        sent <= sent_at_pause + 1,
+        "{sent} templates sent, {sent_at_pause} when the pause was answered: the line kept \
+         sending the rows it had claimed"
+    );
+    let unsent: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM hopper WHERE state = 'fresh' AND attempts = 0")
+            .fetch_one(daemon.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        unsent as usize,
+        30 - sent,
+        "unsent rows are fresh, no attempt spent"
+    );
+
+    let (status, body) = api.post("/api/campaigns/api-c/resume").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    api.wait_for("/api/campaigns/api-c", "every contact sent", |b| {
+        b["hopper"]["pending"] == 30
+    })
+    .await;
+    let ledger = sim.ledger();
+    let phones: std::collections::BTreeSet<_> = ledger.iter().map(|e| e.to.clone()).collect();
+    assert_eq!(
+        (ledger.len(), phones.len()),
+        (30, 30),
+        "each contact sent once"
+    );
+    daemon.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_refuses_bad_files_with_the_line() {
     let db = fresh_db().await;

@@ -303,6 +303,14 @@ impl MetaEvent {
 
 /// Parse a Meta webhook body (raw bytes, as received) into events, in body order.
 pub fn parse_meta_webhook(body: &[u8]) -> Result<Vec<MetaEvent>, WebhookParseError> {
+    if let Some(events) = statuses_only::parse(body) {
+        return Ok(events);
+    }
+    parse_any_meta_webhook(body)
+}
+
+/// The general parser: the body as a `serde_json::Value` tree, read liberally.
+pub(crate) fn parse_any_meta_webhook(body: &[u8]) -> Result<Vec<MetaEvent>, WebhookParseError> {
     // from_slice keeps serde_json's recursion limit; the Value tree is at most 128 deep, so
     // walking and dropping it is stack-safe too.
     let root: Value = serde_json::from_slice(body).map_err(WebhookParseError::from_json)?;
@@ -469,34 +477,170 @@ struct Contact {
 }
 
 fn parse_status(phone_number_id: String, st: &Map<String, Value>) -> StatusEvent {
-    let s = |k: &str| string_of(st.get(k));
-    let pricing_category = st
-        .get("pricing")
+    status_event(
+        phone_number_id,
+        StatusFields {
+            id: st.get("id"),
+            gs_id: st.get("gs_id"),
+            meta_msg_id: st.get("meta_msg_id"),
+            status: st.get("status"),
+            timestamp: st.get("timestamp"),
+            recipient_id: st.get("recipient_id"),
+            recipient_user_id: st.get("recipient_user_id"),
+            callback_data: st.get("biz_opaque_callback_data"),
+            errors: st.get("errors"),
+            pricing: st.get("pricing"),
+            conversation: st.get("conversation"),
+        },
+    )
+}
+
+/// The fields of one status object that [`status_event`] reads, wherever they were parsed.
+struct StatusFields<'v> {
+    id: Option<&'v Value>,
+    gs_id: Option<&'v Value>,
+    meta_msg_id: Option<&'v Value>,
+    status: Option<&'v Value>,
+    timestamp: Option<&'v Value>,
+    recipient_id: Option<&'v Value>,
+    recipient_user_id: Option<&'v Value>,
+    callback_data: Option<&'v Value>,
+    errors: Option<&'v Value>,
+    pricing: Option<&'v Value>,
+    conversation: Option<&'v Value>,
+}
+
+fn status_event(phone_number_id: String, f: StatusFields<'_>) -> StatusEvent {
+    let pricing_category = f
+        .pricing
         .and_then(|p| string_of(p.get("category")))
         .or_else(|| {
-            st.get("conversation")
+            f.conversation
                 .and_then(|c| c.get("origin"))
                 .and_then(|o| string_of(o.get("type")))
         });
     // Gupshup v3 adds `gs_id` (the id its send API answered, which is the one we stored) and
     // sometimes `meta_msg_id` (the WhatsApp id); `id` is then the other one.
-    let gs_id = s("gs_id").filter(|g| !g.is_empty());
-    let id = s("id").unwrap_or_default();
+    let gs_id = string_of(f.gs_id).filter(|g| !g.is_empty());
+    let id = string_of(f.id).unwrap_or_default();
     let (wamid, alt_id) = match gs_id {
-        Some(g) => (g, s("meta_msg_id").or(Some(id)).filter(|a| !a.is_empty())),
+        Some(g) => (
+            g,
+            string_of(f.meta_msg_id)
+                .or(Some(id))
+                .filter(|a| !a.is_empty()),
+        ),
         None => (id, None),
     };
     StatusEvent {
         phone_number_id,
         wamid,
         alt_id,
-        status: MessageStatus::parse(&s("status").unwrap_or_default()),
-        timestamp: timestamp_of(st.get("timestamp")),
-        recipient_id: s("recipient_id"),
-        recipient_user_id: s("recipient_user_id"),
-        callback_data: s("biz_opaque_callback_data"),
-        errors: parse_errors(st.get("errors")),
+        status: MessageStatus::parse(&string_of(f.status).unwrap_or_default()),
+        timestamp: timestamp_of(f.timestamp),
+        recipient_id: string_of(f.recipient_id),
+        recipient_user_id: string_of(f.recipient_user_id),
+        callback_data: string_of(f.callback_data),
+        errors: parse_errors(f.errors),
         pricing_category,
+    }
+}
+
+/// The common webhook, read without building a `Value` tree: `messages` changes that carry
+/// statuses and nothing else (Meta's status batches, and every status webhook of a campaign).
+/// Field types are the general parser's, so its liberal readers apply unchanged; any other
+/// shape (inbound messages, errors, other fields, odd types) returns `None` and goes to the
+/// general parser. A test checks both give the same events for every corpus payload.
+mod statuses_only {
+    use super::{status_event, string_of, MetaEvent, StatusFields};
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    #[derive(Deserialize)]
+    struct Root {
+        entry: Vec<Entry>,
+    }
+
+    #[derive(Deserialize)]
+    struct Entry {
+        changes: Vec<Change>,
+    }
+
+    #[derive(Deserialize)]
+    struct Change {
+        field: Option<Value>,
+        value: ChangeValue,
+    }
+
+    #[derive(Deserialize)]
+    struct ChangeValue {
+        metadata: Option<Metadata>,
+        statuses: Vec<Status>,
+        // Present (and not null) means this is not a statuses-only change.
+        messages: Option<IgnoredAny>,
+        errors: Option<IgnoredAny>,
+        user_preferences: Option<IgnoredAny>,
+        contacts: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    struct Metadata {
+        phone_number_id: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    struct Status {
+        id: Option<Value>,
+        gs_id: Option<Value>,
+        meta_msg_id: Option<Value>,
+        status: Option<Value>,
+        timestamp: Option<Value>,
+        recipient_id: Option<Value>,
+        recipient_user_id: Option<Value>,
+        biz_opaque_callback_data: Option<Value>,
+        errors: Option<Value>,
+        pricing: Option<Value>,
+        conversation: Option<Value>,
+    }
+
+    pub(super) fn parse(body: &[u8]) -> Option<Vec<MetaEvent>> {
+        let root: Root = serde_json::from_slice(body).ok()?;
+        let mut out = Vec::new();
+        for change in root.entry.into_iter().flat_map(|e| e.changes) {
+            let v = change.value;
+            let statuses_only = v.messages.is_none()
+                && v.errors.is_none()
+                && v.user_preferences.is_none()
+                && v.contacts.is_none();
+            if change.field.as_ref().and_then(Value::as_str) != Some("messages") || !statuses_only {
+                return None;
+            }
+            let phone_number_id = v
+                .metadata
+                .and_then(|m| string_of(m.phone_number_id.as_ref()))
+                .unwrap_or_default();
+            for st in &v.statuses {
+                let fields = StatusFields {
+                    id: st.id.as_ref(),
+                    gs_id: st.gs_id.as_ref(),
+                    meta_msg_id: st.meta_msg_id.as_ref(),
+                    status: st.status.as_ref(),
+                    timestamp: st.timestamp.as_ref(),
+                    recipient_id: st.recipient_id.as_ref(),
+                    recipient_user_id: st.recipient_user_id.as_ref(),
+                    callback_data: st.biz_opaque_callback_data.as_ref(),
+                    errors: st.errors.as_ref(),
+                    pricing: st.pricing.as_ref(),
+                    conversation: st.conversation.as_ref(),
+                };
+                out.push(MetaEvent::Status(status_event(
+                    phone_number_id.clone(),
+                    fields,
+                )));
+            }
+        }
+        Some(out)
     }
 }
 
@@ -722,12 +866,142 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(s: &str) -> Vec<MetaEvent> {
         match parse_meta_webhook(s.as_bytes()) {
             Ok(v) => v,
             Err(e) => panic!("parse failed: {e}"),
         }
+    }
+
+    /// The statuses-only reader's events for `body`, checked against the general parser's.
+    fn fast_path(body: &[u8]) -> Option<Vec<MetaEvent>> {
+        let fast = statuses_only::parse(body)?;
+        let general = parse_any_meta_webhook(body).expect("the general parser accepts it too");
+        assert_eq!(fast, general, "{}", String::from_utf8_lossy(body));
+        Some(fast)
+    }
+
+    #[test]
+    fn status_batches_take_the_statuses_only_reader_and_read_the_same() {
+        // The simulator's shape (and Meta's): conversation and pricing on `sent`, ids as
+        // numbers in SDK fixtures, a Gupshup v3 `gs_id`, errors on `failed`, two entries.
+        let body = json!({
+            "object": "whatsapp_business_account",
+            "entry": [
+                { "id": "WABA", "changes": [{ "field": "messages", "value": {
+                    "messaging_product": "whatsapp",
+                    "metadata": { "display_phone_number": "5511", "phone_number_id": 106540352242922_i64 },
+                    "statuses": [
+                        { "id": "wamid.A", "status": "sent", "timestamp": "1700000000",
+                          "recipient_id": "5511999", "biz_opaque_callback_data": "tc:42",
+                          "conversation": { "id": "c", "origin": { "type": "marketing" } },
+                          "pricing": { "billable": true, "pricing_model": "PMP", "category": "marketing" } },
+                        { "id": "wamid.B", "status": "delivered", "timestamp": 1700000001,
+                          "recipient_id": 5511998, "conversation": { "origin": { "type": "utility" } } },
+                        { "id": "meta-id", "gs_id": "gs-1", "status": "enqueued",
+                          "timestamp": 1700000002000_i64, "recipient_id": "5511997" },
+                        { "id": "wamid.C", "status": "failed", "timestamp": "1700000003",
+                          "recipient_id": "5511996", "errors": [{ "code": 131026,
+                          "title": "Message undeliverable", "error_data": { "details": "x" } }] }
+                    ] } }] },
+                { "id": "WABA", "changes": [{ "field": "messages", "value": {
+                    "metadata": { "phone_number_id": "2" },
+                    "statuses": [{ "id": "wamid.D", "status": "read", "timestamp": "1700000004" }]
+                } }] }
+            ]
+        });
+        let events = fast_path(body.to_string().as_bytes()).expect("statuses only");
+        assert_eq!(events.len(), 5);
+        let MetaEvent::Status(gs) = &events[2] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(
+            (gs.wamid.as_str(), gs.alt_id.as_deref()),
+            ("gs-1", Some("meta-id"))
+        );
+        assert_eq!(gs.timestamp, 1_700_000_002);
+    }
+
+    #[test]
+    fn other_shapes_go_to_the_general_parser() {
+        let with = |value: Value, field: Option<&str>| {
+            let mut change = json!({ "value": value });
+            if let Some(f) = field {
+                change["field"] = json!(f);
+            }
+            json!({ "entry": [{ "id": "W", "changes": [change] }] }).to_string()
+        };
+        let status = json!({ "id": "wamid.A", "status": "read", "timestamp": "1" });
+        let general_only = [
+            // Inbound messages, value-level errors, preferences, a missing or other field.
+            with(
+                json!({ "statuses": [status], "messages": [{ "from": "1", "id": "m", "type": "text", "text": { "body": "hi" } }] }),
+                Some("messages"),
+            ),
+            with(
+                json!({ "statuses": [status], "errors": [{ "code": 131000 }] }),
+                Some("messages"),
+            ),
+            with(json!({ "statuses": [status] }), None),
+            with(json!({ "statuses": [status] }), Some("smb_message_echoes")),
+            // Types the typed reader refuses but the general one reads liberally.
+            with(
+                json!({ "statuses": [status, "not an object"] }),
+                Some("messages"),
+            ),
+            with(
+                json!({ "statuses": [{ "id": "wamid.A", "timestamp": [] }], "contacts": [] }),
+                Some("messages"),
+            ),
+            with(json!({ "statuses": null }), Some("messages")),
+            json!({ "entry": [{ "id": "W" }] }).to_string(),
+            "[]".to_string(),
+        ];
+        for body in general_only {
+            assert!(statuses_only::parse(body.as_bytes()).is_none(), "{body}");
+        }
+        // And the whole parser still reads them as before, e.g. the status beside a message.
+        let events = parse(&with(
+            json!({ "statuses": [status], "messages": [{ "from": "1", "id": "m", "type": "text", "text": { "body": "hi" } }] }),
+            Some("messages"),
+        ));
+        assert_eq!(events.len(), 2);
+    }
+
+    /// Every payload of the third-party corpus that the statuses-only reader takes must read
+    /// the same as with the general parser (skipped when the shared corpus is absent).
+    #[test]
+    fn statuses_only_reader_agrees_with_the_general_parser_on_the_corpus() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/reference/webhook-corpus");
+        if !dir.is_dir() {
+            eprintln!(
+                "NOTICE: webhook corpus not found at {}; skipping",
+                dir.display()
+            );
+            return;
+        }
+        let mut pending = vec![dir];
+        let (mut files, mut fast) = (0, 0);
+        while let Some(d) = pending.pop() {
+            for entry in std::fs::read_dir(&d).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if let Ok(body) = std::fs::read(&path) {
+                    files += 1;
+                    fast += usize::from(fast_path(&body).is_some());
+                }
+            }
+        }
+        assert!(files > 100, "{files} corpus files");
+        // Status-only webhooks are a large part of the corpus; all of them must be read fast.
+        assert!(
+            fast >= 20,
+            "only {fast} of {files} corpus files took the statuses-only reader"
+        );
     }
 
     #[test]

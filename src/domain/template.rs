@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Template definition, as listed by `GET /{waba}/message_templates`
@@ -279,11 +279,16 @@ impl ButtonSlot {
             ButtonSlot::CopyCode => "copy_code",
         }
     }
-    fn param_type(self) -> &'static str {
+    /// The button's parameter carrying `value`: a URL suffix or OTP is text, a quick reply a
+    /// payload, a copy-code button a coupon code.
+    fn parameter(self, value: String) -> Parameter {
         match self {
-            ButtonSlot::Url | ButtonSlot::Otp => "text",
-            ButtonSlot::QuickReply => "payload",
-            ButtonSlot::CopyCode => "coupon_code",
+            ButtonSlot::Url | ButtonSlot::Otp => Parameter::Text {
+                parameter_name: None,
+                text: value,
+            },
+            ButtonSlot::QuickReply => Parameter::Payload { payload: value },
+            ButtonSlot::CopyCode => Parameter::CouponCode { coupon_code: value },
         }
     }
     fn max_chars(self) -> Option<usize> {
@@ -653,6 +658,75 @@ struct Button {
     param: Param,
 }
 
+/// One message's `template.components`, as Meta's send API takes them. Typed rather than a
+/// `serde_json::Value`: rendering and serialising them is on every send's path.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Components(pub Vec<Component>);
+
+impl Components {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Component> {
+        self.0.iter()
+    }
+
+    /// The JSON Meta receives, as a value (for tests and logs).
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Component {
+    Header {
+        parameters: Vec<Parameter>,
+    },
+    Body {
+        parameters: Vec<Parameter>,
+    },
+    Button {
+        sub_type: String,
+        /// Meta wants the index as a string.
+        index: String,
+        parameters: Vec<Parameter>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Parameter {
+    Text {
+        /// Named-parameter templates (`parameter_format: NAMED`) name each value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parameter_name: Option<String>,
+        text: String,
+    },
+    Image {
+        image: MediaLink,
+    },
+    Video {
+        video: MediaLink,
+    },
+    Document {
+        document: MediaLink,
+    },
+    Payload {
+        payload: String,
+    },
+    CouponCode {
+        coupon_code: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaLink {
+    pub link: String,
+}
+
 /// A campaign's mapping checked and parsed against its template, ready to render per contact.
 #[derive(Debug, Clone)]
 pub struct CompiledMapping {
@@ -722,7 +796,7 @@ impl CompiledMapping {
 
     /// The send payload's `components` array for one contact. Components without parameters
     /// are left out (Meta rejects an empty `parameters`).
-    pub fn render(&self, contact: &ContactFields) -> Result<Value, RenderError> {
+    pub fn render(&self, contact: &ContactFields) -> Result<Components, RenderError> {
         let mut components = Vec::with_capacity(2 + self.buttons.len());
         if let Some(header) = &self.header {
             let p = match header {
@@ -737,20 +811,26 @@ impl CompiledMapping {
                             reason: "media header needs an http(s) URL",
                         });
                     }
-                    let mut m = serde_json::Map::with_capacity(2);
-                    m.insert("type".into(), Value::from(kind.as_str()));
-                    m.insert(kind.as_str().into(), json!({ "link": link }));
-                    Value::Object(m)
+                    let link = MediaLink {
+                        link: link.to_string(),
+                    };
+                    match kind {
+                        MediaKind::Image => Parameter::Image { image: link },
+                        MediaKind::Video => Parameter::Video { video: link },
+                        MediaKind::Document => Parameter::Document { document: link },
+                    }
                 }
             };
-            components.push(json!({ "type": "header", "parameters": [p] }));
+            components.push(Component::Header {
+                parameters: vec![p],
+            });
         }
         if !self.body.is_empty() {
-            let mut params = Vec::with_capacity(self.body.len());
+            let mut parameters = Vec::with_capacity(self.body.len());
             for p in &self.body {
-                params.push(text_param(p, resolve_text(p, contact)?));
+                parameters.push(text_param(p, resolve_text(p, contact)?));
             }
-            components.push(json!({ "type": "body", "parameters": params }));
+            components.push(Component::Body { parameters });
         }
         for b in &self.buttons {
             let value = match resolve(&b.param, contact) {
@@ -760,18 +840,13 @@ impl CompiledMapping {
                 Err(e) => return Err(e),
             };
             check_len(&b.param, value)?;
-            let param_type = b.kind.param_type();
-            let mut p = serde_json::Map::with_capacity(2);
-            p.insert("type".into(), Value::from(param_type));
-            p.insert(param_type.into(), Value::from(value));
-            components.push(json!({
-                "type": "button",
-                "sub_type": b.kind.sub_type(),
-                "index": &*b.index,
-                "parameters": [Value::Object(p)],
-            }));
+            components.push(Component::Button {
+                sub_type: b.kind.sub_type().to_string(),
+                index: b.index.to_string(),
+                parameters: vec![b.kind.parameter(value.to_string())],
+            });
         }
-        Ok(Value::Array(components))
+        Ok(Components(components))
     }
 }
 
@@ -805,14 +880,11 @@ fn check_len(p: &Param, v: &str) -> Result<(), RenderError> {
     Ok(())
 }
 
-fn text_param(p: &Param, text: Cow<'_, str>) -> Value {
-    let mut m = serde_json::Map::with_capacity(3);
-    m.insert("type".into(), Value::from("text"));
-    if let Some(name) = &p.name {
-        m.insert("parameter_name".into(), Value::from(&**name));
+fn text_param(p: &Param, text: Cow<'_, str>) -> Parameter {
+    Parameter::Text {
+        parameter_name: p.name.as_deref().map(str::to_string),
+        text: text.into_owned(),
     }
-    m.insert("text".into(), Value::String(text.into_owned()));
-    Value::Object(m)
 }
 
 /// Meta rejects text parameters with newlines, tabs or more than four consecutive spaces
@@ -840,19 +912,22 @@ fn clean_text(v: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// One-shot convenience around [`CompiledMapping`]: compiles and renders. Use the compiled form
-/// when sending many messages.
+/// One-shot convenience around [`CompiledMapping`]: compiles and renders, as the JSON Meta
+/// receives. Use the compiled form when sending many messages.
 pub fn render_components(
     def: &TemplateDef,
     mapping: &BTreeMap<String, String>,
     contact: &ContactFields,
 ) -> Result<Value, RenderError> {
-    CompiledMapping::new(def, mapping)?.render(contact)
+    Ok(CompiledMapping::new(def, mapping)?
+        .render(contact)?
+        .to_json())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn def(v: Value) -> TemplateDef {
         serde_json::from_value(v).expect("template parses")
@@ -1148,7 +1223,10 @@ mod tests {
         c.fields.insert("h".into(), "é".repeat(60));
         c.fields
             .insert("b".into(), "line one\n\tline  two     end".into());
-        let out = compiled.render(&c).expect("60 chars (120 bytes) fit");
+        let out = compiled
+            .render(&c)
+            .expect("60 chars (120 bytes) fit")
+            .to_json();
         assert_eq!(out[1]["parameters"][0]["text"], "line one line two end");
         c.fields.insert("h".into(), "x".repeat(61));
         assert_eq!(

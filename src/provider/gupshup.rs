@@ -17,7 +17,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::{
@@ -25,8 +25,8 @@ use super::{
     TemplateMessage,
 };
 use crate::domain::template::{
-    ButtonKind, ComponentKind, HeaderFormat, ParameterFormat, TemplateButton, TemplateComponent,
-    TemplateDef,
+    ButtonKind, Component, ComponentKind, Components, HeaderFormat, MediaLink, Parameter,
+    ParameterFormat, TemplateButton, TemplateComponent, TemplateDef,
 };
 
 /// Settings of one Gupshup line (one app and its business number).
@@ -219,54 +219,45 @@ struct GupshupParts {
 }
 
 impl GupshupParts {
-    fn from_components(components: &Value) -> Self {
+    fn from_components(components: &Components) -> Self {
         let mut out = GupshupParts::default();
-        let Some(list) = components.as_array() else {
-            return out;
-        };
-        for c in list {
-            let kind = c.get("type").and_then(Value::as_str).unwrap_or_default();
-            let params = c
-                .get("parameters")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            for p in params {
-                let ptype = p.get("type").and_then(Value::as_str).unwrap_or_default();
-                match (kind, ptype) {
-                    ("header", "image" | "video" | "document") => {
-                        let link = p.pointer(&format!("/{ptype}/link")).cloned();
-                        let mut media = Map::new();
-                        media.insert("link".into(), link.unwrap_or(Value::Null));
-                        let mut m = Map::new();
-                        m.insert("type".into(), Value::from(ptype));
-                        m.insert(ptype.into(), Value::Object(media));
-                        out.message = Some(Value::Object(m));
+        for c in components.iter() {
+            let (parameters, button_index) = match c {
+                Component::Header { parameters } | Component::Body { parameters } => {
+                    (parameters, None)
+                }
+                Component::Button {
+                    index, parameters, ..
+                } => (parameters, Some(index.parse::<u64>().unwrap_or(0))),
+            };
+            for p in parameters {
+                match p {
+                    Parameter::Image { image: media } => {
+                        out.message = Some(media_message("image", media))
                     }
-                    ("button", "payload") => {
-                        let index = c
-                            .get("index")
-                            .and_then(|i| match i {
-                                Value::String(s) => s.parse::<u64>().ok(),
-                                other => other.as_u64(),
-                            })
-                            .unwrap_or(0);
-                        out.postbacks.push(json!({
-                            "index": index,
-                            "text": p.get("payload").cloned().unwrap_or(Value::Null),
-                        }));
+                    Parameter::Video { video: media } => {
+                        out.message = Some(media_message("video", media))
                     }
-                    (_, t) => {
-                        // text, coupon_code: the value sits under the key of the same name.
-                        if let Some(v) = p.get(t).and_then(Value::as_str) {
-                            out.params.push(v.to_string());
-                        }
+                    Parameter::Document { document: media } => {
+                        out.message = Some(media_message("document", media))
+                    }
+                    Parameter::Payload { payload } => out.postbacks.push(json!({
+                        "index": button_index.unwrap_or(0),
+                        "text": payload,
+                    })),
+                    Parameter::Text { text, .. } | Parameter::CouponCode { coupon_code: text } => {
+                        out.params.push(text.clone())
                     }
                 }
             }
         }
         out
     }
+}
+
+/// `{"type":"image","image":{"link":…}}`: a media header as Gupshup's `message` field.
+fn media_message(kind: &str, media: &MediaLink) -> Value {
+    json!({ "type": kind, kind: { "link": media.link } })
 }
 
 /// `{"status":"submitted"|"success","messageId":…}` or `{"status":"error","message":…}`.

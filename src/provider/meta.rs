@@ -22,7 +22,7 @@ use super::{
     error_chain, http_error, transport_error, Accepted, AccountLimits, CreatedTemplate, Provider,
     SendError, TemplateMessage,
 };
-use crate::domain::template::TemplateDef;
+use crate::domain::template::{Components, TemplateDef};
 
 /// Settings of one Meta line.
 #[derive(Clone)]
@@ -237,7 +237,7 @@ struct TemplatePayload<'a> {
     name: &'a str,
     language: Language<'a>,
     #[serde(skip_serializing_if = "no_components")]
-    components: &'a Value,
+    components: &'a Components,
 }
 
 #[derive(Serialize)]
@@ -247,12 +247,8 @@ struct Language<'a> {
     code: &'a str,
 }
 
-fn no_components(v: &&Value) -> bool {
-    match v {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
+fn no_components(c: &&Components) -> bool {
+    c.is_empty()
 }
 
 #[derive(Serialize)]
@@ -537,7 +533,7 @@ mod tests {
             template_name: "renewal_reminder".into(),
             language: "pt_BR".into(),
             template_id: None,
-            components,
+            components: serde_json::from_value(components).expect("components"),
             callback_data: "att-42".into(),
         }
     }

@@ -12,7 +12,7 @@ use crate::domain::error_class::{
     classify_connect_failure, classify_gupshup_rejection, classify_http_without_graph_body,
     classify_meta, classify_transport, Classification, ErrorClass,
 };
-use crate::domain::template::TemplateDef;
+use crate::domain::template::{Components, TemplateDef};
 
 /// One template send.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,9 +24,9 @@ pub struct TemplateMessage {
     /// The provider's own id of that template variant, from the template sync. Meta addresses
     /// templates by name and language and ignores it; Gupshup sends need it (its UUID).
     pub template_id: Option<String>,
-    /// The payload's `template.components` array (see `domain::template::CompiledMapping`).
-    /// `Null` or an empty array sends no components.
-    pub components: serde_json::Value,
+    /// The payload's `template.components` array (see `domain::template::CompiledMapping`);
+    /// none sends the key not at all.
+    pub components: Components,
     /// Our attempt id; sent as `biz_opaque_callback_data` and echoed by status webhooks.
     pub callback_data: String,
 }

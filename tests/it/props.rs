@@ -414,6 +414,7 @@ fn rendering_never_panics_and_respects_metas_limits() {
         .run(&contact(), |c| {
             match compiled.render(&c) {
                 Ok(components) => {
+                    let components = components.to_json();
                     let text_ok = |t: &str, max: usize| {
                         t.chars().count() <= max
                             && !t.contains(['\n', '\r', '\t'])

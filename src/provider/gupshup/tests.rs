@@ -71,7 +71,7 @@ fn message(template_id: Option<&str>, components: Value) -> TemplateMessage {
         template_name: "order_confirmation".into(),
         language: "en".into(),
         template_id: template_id.map(str::to_string),
-        components,
+        components: serde_json::from_value(components).expect("components"),
         callback_data: "att-42".into(),
     }
 }
@@ -186,7 +186,7 @@ async fn listed_media_template_renders_message_params_and_postbacks() {
         .expect(1)
         .mount(&server)
         .await;
-    let mut m = message(def.id.as_deref(), rendered);
+    let mut m = message(def.id.as_deref(), rendered.to_json());
     m.template_name = def.name.clone();
     client(&server).send_template(&m).await.expect("submitted");
 }

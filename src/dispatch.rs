@@ -698,21 +698,14 @@ impl Dispatcher {
         }
     }
 
-    /// Returns a claimed row to the hopper unsent, as it was before the claim.
-    async fn give_back(&self, row: &Claimed, kind: &str, reason: &str) {
+    /// Returns claimed rows to the hopper unsent, as they were before the claim.
+    async fn give_back(&self, attempt_ids: &[i64], kind: &str, reason: &str) {
         let given_back = self
             .store
-            .record_failure(
-                row.attempt_id,
-                &FailureAction::Untouched,
-                None,
-                kind,
-                reason,
-                self.now(),
-            )
+            .give_back(attempt_ids, kind, reason, self.now())
             .await;
         if let Err(e) = given_back {
-            tracing::warn!(attempt = row.attempt_id, error = %e, "giving back a claimed row failed; it will be reconciled");
+            tracing::warn!(rows = attempt_ids.len(), error = %e, "giving back claimed rows failed; they will be reconciled");
         }
     }
 
@@ -836,6 +829,9 @@ impl Dispatcher {
                 continue;
             }
             let mut claimed = claimed.into_iter();
+            // Rows not to send after all, given back together after the batch.
+            let mut paused_rows = Vec::new();
+            let mut unsent_at_shutdown = Vec::new();
             'rows: for (campaign, row) in claimed.by_ref() {
                 loop {
                     if refresh_due(&mut refresh_now, &mut changes, refreshed_at) {
@@ -844,16 +840,15 @@ impl Dispatcher {
                     }
                     if campaign.paused.load(Ordering::SeqCst) {
                         // Paused, stopped or out of hours since the claim: not sent now.
-                        self.give_back(&row, "campaign", "campaign paused before sending")
-                            .await;
+                        paused_rows.push(row.attempt_id);
                         continue 'rows;
                     }
                     tokio::select! {
                         _ = rt.pacer.until_ready() => break,
                         Ok(()) = changes.changed() => refresh_now = true,
                         _ = shutdown.changed() => {
-                            // Give back this row and the rest of the batch untouched.
-                            self.give_back(&row, "shutdown", "daemon shutting down").await;
+                            // This row and the rest of the batch go back untouched.
+                            unsent_at_shutdown.push(row.attempt_id);
                             break 'rows;
                         }
                     }
@@ -862,10 +857,11 @@ impl Dispatcher {
                 let rt = rt.clone();
                 sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
             }
-            for (_, row) in claimed {
-                self.give_back(&row, "shutdown", "daemon shutting down")
-                    .await;
-            }
+            unsent_at_shutdown.extend(claimed.map(|(_, row)| row.attempt_id));
+            self.give_back(&paused_rows, "campaign", "campaign paused before sending")
+                .await;
+            self.give_back(&unsent_at_shutdown, "shutdown", "daemon shutting down")
+                .await;
         }
         while let Some(done) = sends.join_next().await {
             if let Ok(Err(e)) = done {

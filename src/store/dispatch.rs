@@ -355,6 +355,52 @@ impl Store {
         .await?)
     }
 
+    /// Gives claimed rows back unsent, in one transaction: for each attempt what
+    /// [`Store::record_failure`] with [`FailureAction::Untouched`] does (the attempt `failed`
+    /// with `class` and `text`, the row due again now, no attempt spent).
+    pub async fn give_back(
+        &self,
+        attempt_ids: &[i64],
+        class: &str,
+        text: &str,
+        now: Millis,
+    ) -> StoreResult<()> {
+        if attempt_ids.is_empty() {
+            return Ok(());
+        }
+        let mut ids = attempt_ids.to_vec();
+        ids.sort_unstable();
+        let n = padded_len(ids.len());
+        retry_deadlocks(|| async {
+            let mut tx = self.pool.begin().await?;
+            self.lock_in_order(&mut tx, "hopper", "inflight_attempt_id", &ids)
+                .await?;
+            let sql = self.bulk_sql(format!(
+                "UPDATE attempts SET status = 'failed', error_class = $1, error_text = $2, \
+                   finished_at = $3 WHERE status = 'sending' AND id IN ({})",
+                placeholders(4, n)
+            ));
+            let mut q = sqlx::query(&sql).bind(class).bind(text).bind(now);
+            for id in padded(&ids) {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            let sql = self.bulk_sql(format!(
+                "UPDATE hopper SET inflight_attempt_id = NULL, next_attempt_at = $1 \
+                 WHERE inflight_attempt_id IN ({})",
+                placeholders(2, n)
+            ));
+            let mut q = sqlx::query(&sql).bind(now);
+            for id in padded(&ids) {
+                q = q.bind(*id);
+            }
+            q.execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Records a failed send and moves the row as `action` says.
     pub async fn record_failure(
         &self,

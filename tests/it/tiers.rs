@@ -416,6 +416,54 @@ async fn rows_the_tier_holds_back_keep_no_attempt(db: TestDb) {
 }
 crate::both_backends!(rows_the_tier_holds_back_keep_no_attempt);
 
+/// Claimed rows given back together (a paused campaign's, or at shutdown) are as before the
+/// claim: nothing in flight, no attempt spent, due now; their attempts record why.
+async fn rows_given_back_are_as_before_the_claim(db: TestDb) {
+    let (now, id, claimed) = claimed_without_daemon(&db, 3).await;
+    let back: Vec<i64> = claimed[..2].iter().map(|c| c.attempt_id).collect();
+    db.store
+        .give_back(&back, "campaign", "campaign paused before sending", now + 7)
+        .await
+        .unwrap();
+    let rows: Vec<(i64, String, i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT id, state, attempts, inflight_attempt_id, next_attempt_at FROM hopper \
+         WHERE campaign_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let kept = &claimed[2];
+    for (hopper_id, state, attempts, in_flight, due) in &rows {
+        let given_back = claimed[..2].iter().any(|c| c.hopper_id == *hopper_id);
+        assert_eq!((state.as_str(), *attempts), ("fresh", 0), "row {hopper_id}");
+        if given_back {
+            assert_eq!((*in_flight, *due), (None, now + 7), "row {hopper_id}");
+        } else if *hopper_id == kept.hopper_id {
+            assert_eq!(
+                *in_flight,
+                Some(kept.attempt_id),
+                "the third row stays claimed"
+            );
+        }
+    }
+    let attempts: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, error_class FROM attempts ORDER BY id")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    let mut expected: Vec<(i64, String, Option<String>)> = claimed
+        .iter()
+        .map(|c| match back.contains(&c.attempt_id) {
+            true => (c.attempt_id, "failed".into(), Some("campaign".into())),
+            false => (c.attempt_id, "sending".into(), None),
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(attempts, expected);
+}
+crate::both_backends!(rows_given_back_are_as_before_the_claim);
+
 /// An accepted send and a status webhook naming it can share one group commit (the daemon's
 /// outcome writes queue together): the send settles first and once, the status then moves
 /// the settled row.

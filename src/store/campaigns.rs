@@ -176,7 +176,11 @@ impl Store {
         for list in lists {
             q = q.bind(list.as_str());
         }
-        Ok(q.execute(&self.pool).await?.rows_affected())
+        let loaded = q.execute(&self.pool).await?.rows_affected();
+        if loaded > 0 {
+            self.analyze_after_bulk_load(&["hopper"]).await?;
+        }
+        Ok(loaded)
     }
 
     /// Closes every row that has not been sent yet (fresh / retry) with `outcome`: used by

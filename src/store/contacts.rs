@@ -212,6 +212,10 @@ impl Store {
         .bind(invalid as i64)
         .execute(&self.pool)
         .await?;
+        if counts.imported + counts.updated > 0 {
+            self.analyze_after_bulk_load(&["contacts", "list_members"])
+                .await?;
+        }
         Ok(())
     }
 

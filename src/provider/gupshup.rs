@@ -222,13 +222,14 @@ impl GupshupParts {
     fn from_components(components: &Components) -> Self {
         let mut out = GupshupParts::default();
         for c in components.iter() {
+            // Payloads only come in buttons; Gupshup wants the button's index as a number.
             let (parameters, button_index) = match c {
                 Component::Header { parameters } | Component::Body { parameters } => {
-                    (parameters, None)
+                    (parameters, 0)
                 }
                 Component::Button {
                     index, parameters, ..
-                } => (parameters, Some(index.parse::<u64>().unwrap_or(0))),
+                } => (parameters, index.parse::<u64>().unwrap_or(0)),
             };
             for p in parameters {
                 match p {
@@ -242,7 +243,7 @@ impl GupshupParts {
                         out.message = Some(media_message("document", media))
                     }
                     Parameter::Payload { payload } => out.postbacks.push(json!({
-                        "index": button_index.unwrap_or(0),
+                        "index": button_index,
                         "text": payload,
                     })),
                     Parameter::Text { text, .. } | Parameter::CouponCode { coupon_code: text } => {

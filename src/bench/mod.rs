@@ -131,16 +131,13 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     };
 
     // The simulator's own ceiling: a bare load generator, same requests and concurrency.
-    let ceiling = {
-        let _sim = simulator(false)?;
+    let bare_n = options.contacts.min(20_000);
+    let (ceiling, bare_sim_cpu) = {
+        let sim = simulator(false)?;
         wait_for_port(sim_port).await?;
-        bare_load(
-            sim_port,
-            &config,
-            options.contacts.min(20_000),
-            options.in_flight,
-        )
-        .await?
+        let sim_before = process_cpu(sim.0.id());
+        let rate = bare_load(sim_port, &config, bare_n, options.in_flight).await?;
+        (rate, process_cpu(sim.0.id()) - sim_before)
     };
 
     let sim = simulator(true)?;
@@ -175,6 +172,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     }
 
     let cpu_before = cpu(&others);
+    let sim_cpu_before = process_cpu(sim.0.id());
     let started = Instant::now();
     for c in &config.campaigns {
         daemon
@@ -202,6 +200,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_used = cpu(&others) - cpu_before;
+    let sim_cpu_used = process_cpu(sim.0.id()) - sim_cpu_before;
     let (_, peak_rss) = cpu_and_peak_rss();
     let n = options.contacts as f64;
     let rate = n / elapsed;
@@ -217,9 +216,20 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         options.in_flight
     );
     println!(
-        "simulator ceiling (bare HTTP load, {} in flight): {ceiling:.0} msg/s; bench / ceiling = {:.2}",
+        "simulator ceiling (bare HTTP load, {} in flight): {ceiling:.0} msg/s, simulator CPU {:.0} µs/msg; bench / ceiling = {:.2}",
         options.in_flight,
+        bare_sim_cpu * 1e6 / bare_n as f64,
         rate / ceiling
+    );
+    // Daemon and simulator share the machine: at these costs per message, its cores cap the
+    // rate whatever the daemon's waits, and so the ratio the run can reach.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cap = cores * n / (cpu_used + sim_cpu_used);
+    println!(
+        "simulator CPU during the run {:.0} µs/msg ({:.2} cores); {cores:.0} cores at daemon + simulator cost cap the rate at {cap:.0} msg/s (ratio {:.2})",
+        sim_cpu_used * 1e6 / n,
+        sim_cpu_used / elapsed,
+        cap / ceiling
     );
     drop(others);
     daemon.shutdown().await;

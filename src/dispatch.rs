@@ -14,17 +14,19 @@
 //! step function tests drive; [`Dispatcher::run_line`] is the daemon's loop around the same
 //! pieces, with many sends in flight.
 
-use crate::clock::{Millis, SharedClock};
+use crate::campaign::{self, CampaignError};
+use crate::clock::{Clock, Millis, SharedClock};
 use crate::config::{Campaign, Config};
 use crate::domain::error_class::{Classification, ErrorClass};
 use crate::domain::template::{CompiledMapping, ContactFields, TemplateDef};
-use crate::domain::{CampaignState, Outcome};
+use crate::domain::{CampaignCommand, CampaignState, Outcome};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::{Provider, SendError, TemplateMessage};
 use crate::store::{
-    ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError, AWAITING_RETRY_RUN,
+    CampaignRow, ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError,
+    AWAITING_RETRY_RUN,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,8 +69,23 @@ impl CampaignChanges {
         CampaignChanges(Arc::new(watch::Sender::new(0)))
     }
 
+    /// Applies a campaign command in the database, then announces it: the one way this
+    /// process's commands (admin API, bench, demo) reach the lines.
+    pub async fn command(
+        &self,
+        store: &Store,
+        clock: &dyn Clock,
+        config: &Config,
+        name: &str,
+        cmd: CampaignCommand,
+    ) -> Result<CampaignRow, CampaignError> {
+        let row = campaign::command(store, clock, config, name, cmd).await?;
+        self.announce();
+        Ok(row)
+    }
+
     /// A campaign's state changed in the database: every line re-reads its campaigns.
-    pub fn announce(&self) {
+    fn announce(&self) {
         self.0
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }

@@ -3,7 +3,7 @@
 //! the built-in Cloud API simulator in-process, posting its webhooks back to us.
 //! `tiercast serve`, `demo` and `retry` all run through [`start`].
 
-use crate::campaign::{self, CampaignError};
+use crate::campaign::CampaignError;
 use crate::clock::{Millis, SharedClock};
 use crate::config::{Config, ProviderKind};
 use crate::dispatch::Dispatcher;
@@ -289,9 +289,10 @@ impl Daemon {
         name: &str,
         cmd: CampaignCommand,
     ) -> Result<CampaignRow, CampaignError> {
-        let row = campaign::command(&self.store, &*self.clock, &self.config, name, cmd).await?;
-        self.dispatcher.campaign_changes().announce();
-        Ok(row)
+        self.dispatcher
+            .campaign_changes()
+            .command(&self.store, &*self.clock, &self.config, name, cmd)
+            .await
     }
 
     pub fn url(&self) -> String {

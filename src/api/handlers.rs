@@ -99,8 +99,10 @@ pub async fn campaign_command(
         }
     };
     let c = campaign::find(&state.config, &name)?;
-    campaign::command(&state.store, &*state.clock, &state.config, &name, cmd).await?;
-    state.campaign_changes.announce();
+    state
+        .campaign_changes
+        .command(&state.store, &*state.clock, &state.config, &name, cmd)
+        .await?;
     tracing::info!(campaign = %name, command = cmd.as_str(), "campaign command through the admin API");
     Ok(Json(
         campaign::status(&state.store, &*state.clock, c).await?,

@@ -177,32 +177,8 @@ impl Store {
         limit: usize,
         gate: &ClaimGate<'_>,
     ) -> StoreResult<Vec<Claimed>> {
-        // `OFFSET 0` keeps PostgreSQL from turning the NOT EXISTS checks into anti-joins:
-        // planned on statistics taken before the run (no row pending yet), it materialised
-        // every pending row of the hopper and compared each candidate with all of them, and
-        // 200,000-contact campaigns slowed to a crawl. As subplans, each candidate costs one
-        // index probe whatever the statistics say. (SQLite already runs them so.)
-        let (lock, per_row) = match self.backend {
-            Backend::Postgres => ("FOR UPDATE SKIP LOCKED", " OFFSET 0"),
-            Backend::Sqlite => ("", ""),
-        };
         let mut tx = self.pool.begin().await?;
-        // The statement that picks the rows opens their attempts: writing first takes
-        // SQLite's write lock at once (no read→write upgrade to fail), and each row is
-        // written once, below, with the attempt it is held for.
-        let sql = format!(
-            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) \
-             SELECT h.id, $1, $4, 'sending', $2 FROM hopper h \
-                WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') AND h.next_attempt_at <= $2 \
-                  AND h.inflight_attempt_id IS NULL \
-                  AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $4 \
-                                  AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL \
-                                                        OR o.sent_at > $5){per_row}) \
-                  AND NOT EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
-                                  WHERE ic.id = h.contact_id AND i.line = $4 AND i.state = 'open'{per_row}) \
-                ORDER BY h.next_attempt_at, h.id LIMIT $3 {lock} \
-             RETURNING id, hopper_id"
-        );
+        let sql = self.claim_sql();
         let opened = sqlx::query(&sql)
             .bind(campaign_id)
             .bind(now)
@@ -347,6 +323,36 @@ impl Store {
         q.bind(hold_until).bind(now).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(claimed)
+    }
+
+    /// The statement that picks a campaign's due rows and opens their attempts. Binds: $1
+    /// campaign id, $2 now, $3 limit, $4 line, $5 the `sent_at` after which a send to the
+    /// same contact still blocks (the pair-rate gap). Writing first takes SQLite's write lock
+    /// at once (no read→write upgrade to fail); `claim_due` then writes each row once, with
+    /// the attempt it is held for. Public so that tests can EXPLAIN it.
+    pub fn claim_sql(&self) -> String {
+        // `OFFSET 0` keeps PostgreSQL from turning the NOT EXISTS checks into anti-joins:
+        // planned on statistics taken before the run (no row pending yet), it materialised
+        // every pending row of the hopper and compared each candidate with all of them, and
+        // 200,000-contact campaigns slowed to a crawl. As subplans, each candidate costs one
+        // index probe whatever the statistics say. (SQLite already runs them so.)
+        let (lock, per_row) = match self.backend {
+            Backend::Postgres => ("FOR UPDATE SKIP LOCKED", " OFFSET 0"),
+            Backend::Sqlite => ("", ""),
+        };
+        format!(
+            "INSERT INTO attempts (hopper_id, campaign_id, line, status, started_at) \
+             SELECT h.id, $1, $4, 'sending', $2 FROM hopper h \
+                WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') AND h.next_attempt_at <= $2 \
+                  AND h.inflight_attempt_id IS NULL \
+                  AND NOT EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $4 \
+                                  AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL \
+                                                        OR o.sent_at > $5){per_row}) \
+                  AND NOT EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
+                                  WHERE ic.id = h.contact_id AND i.line = $4 AND i.state = 'open'{per_row}) \
+                ORDER BY h.next_attempt_at, h.id LIMIT $3 {lock} \
+             RETURNING id, hopper_id"
+        )
     }
 
     /// How many earlier sends of this attempt's row met the pair rate limit (131056).

@@ -178,10 +178,6 @@ impl Store {
 }
 
 impl Store {
-    /// Statements with many binds (multi-row VALUES, long IN lists) in the backend's cheapest
-    /// placeholder style. SQLite looks a *named* parameter (`$7`) up by a linear scan for every
-    /// bind, which made a 4,500-bind upsert spend 75% of the import's CPU there; anonymous `?`
-    /// parameters cost nothing to look up. The `$n` in `sql` must appear once each, in order.
     /// After a bulk load on PostgreSQL, refreshes the planner's statistics of `tables`. Until
     /// (auto)vacuum analyses them, which may be minutes away or never, PostgreSQL plans for
     /// the tables' old size: in a 200,000-contact campaign started right after its import,
@@ -196,6 +192,10 @@ impl Store {
         Ok(())
     }
 
+    /// Statements with many binds (multi-row VALUES, long IN lists) in the backend's cheapest
+    /// placeholder style. SQLite looks a *named* parameter (`$7`) up by a linear scan for every
+    /// bind, which made a 4,500-bind upsert spend 75% of the import's CPU there; anonymous `?`
+    /// parameters cost nothing to look up. The `$n` in `sql` must appear once each, in order.
     pub(crate) fn bulk_sql(&self, sql: String) -> String {
         match self.backend {
             Backend::Postgres => sql,

@@ -62,6 +62,25 @@ fn process_cpu(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// CPU seconds used so far by the PostgreSQL server processes of this machine (every process
+/// named `postgres`): the bench's database server shares the cores, so it counts in what
+/// they allow. Backends that exit meanwhile drop out of the sum; the daemon's pool keeps its
+/// connections for the run.
+fn postgres_server_cpu() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "postgres")
+        })
+        .map(process_cpu)
+        .sum()
+}
+
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -173,6 +192,15 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
 
     let cpu_before = cpu(&others);
     let sim_cpu_before = process_cpu(sim.0.id());
+    let on_postgres = !database_url.starts_with("sqlite");
+    let db_cpu = || {
+        if on_postgres {
+            postgres_server_cpu()
+        } else {
+            0.0
+        }
+    };
+    let db_cpu_before = db_cpu();
     let started = Instant::now();
     for c in &config.campaigns {
         daemon
@@ -201,6 +229,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_used = cpu(&others) - cpu_before;
     let sim_cpu_used = process_cpu(sim.0.id()) - sim_cpu_before;
+    let db_cpu_used = db_cpu() - db_cpu_before;
     let (_, peak_rss) = cpu_and_peak_rss();
     let n = options.contacts as f64;
     let rate = n / elapsed;
@@ -210,7 +239,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         cpu_used * 1e6 / n,
         cpu_used / elapsed,
         peak_rss / 1024,
-        if database_url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" },
+        if on_postgres { "PostgreSQL" } else { "SQLite" },
         options.lines,
         options.daemons,
         options.in_flight
@@ -221,12 +250,19 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         bare_sim_cpu * 1e6 / bare_n as f64,
         rate / ceiling
     );
-    // Daemon and simulator share the machine: at these costs per message, its cores cap the
-    // rate whatever the daemon's waits, and so the ratio the run can reach.
+    if on_postgres {
+        println!(
+            "PostgreSQL server processes on this machine: {:.0} µs/msg ({:.2} cores)",
+            db_cpu_used * 1e6 / n,
+            db_cpu_used / elapsed
+        );
+    }
+    // Daemon, simulator (and a local PostgreSQL) share the machine: at these costs per
+    // message, its cores cap the rate whatever the waits, and so the ratio the run can reach.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let cap = cores * n / (cpu_used + sim_cpu_used);
+    let cap = cores * n / (cpu_used + sim_cpu_used + db_cpu_used);
     println!(
-        "simulator CPU during the run {:.0} µs/msg ({:.2} cores); {cores:.0} cores at daemon + simulator cost cap the rate at {cap:.0} msg/s (ratio {:.2})",
+        "simulator CPU during the run {:.0} µs/msg ({:.2} cores); {cores:.0} cores at these costs cap the rate at {cap:.0} msg/s (ratio {:.2})",
         sim_cpu_used * 1e6 / n,
         sim_cpu_used / elapsed,
         cap / ceiling

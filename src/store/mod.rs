@@ -29,9 +29,10 @@ pub use inbox::{
 pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, Executor};
+use sqlx::query::Query;
+use sqlx::{Any, AnyPool, Executor};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -123,15 +124,20 @@ impl Store {
                     .acquire_timeout(Duration::from_secs(30))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // sqlx prepares each statement once per connection, and PostgreSQL
-                            // may keep one generic plan for it: planned while `attempts` was
-                            // nearly empty, the settle's join scanned the whole table on every
-                            // commit once it held 200,000 rows. Our statements each carry a
-                            // batch, so planning each execution costs little. (PostgreSQL 12+.)
-                            if let Err(e) =
-                                conn.execute("SET plan_cache_mode = force_custom_plan").await
+                            // With PostgreSQL's default random_page_cost (4, for spinning
+                            // disks) the batch statements' key lookups (256 ids of attempts,
+                            // contacts, hopper rows) were planned as sequential scans of the
+                            // whole table: 219 attempts and 184 contacts read per message of a
+                            // 20,000-contact run. The daemon's rows are in cache or on SSD, where
+                            // 1.1 is the usual setting; a server set lower keeps its own value.
+                            if let Err(e) = conn
+                                .execute(
+                                    "SELECT set_config('random_page_cost', \
+                                     LEAST(current_setting('random_page_cost')::float8, 1.1)::text, false)",
+                                )
+                                .await
                             {
-                                tracing::warn!(error = %e, "cannot set plan_cache_mode; statements may keep stale plans");
+                                tracing::warn!(error = %e, "cannot set random_page_cost; batch lookups may scan whole tables");
                             }
                             Ok(())
                         })
@@ -190,6 +196,18 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A batch statement (from [`Store::bulk_sql`] or [`Store::claim_sql`]). On PostgreSQL it
+    /// is not kept prepared: an unnamed statement is planned for the values bound at each
+    /// execution, so no plan made while a table was small outlives it. (A kept statement may
+    /// settle on one generic plan after five executions: planned while `attempts` was nearly
+    /// empty, the settle's join then scanned the whole table on every commit once it held
+    /// 200,000 rows.) Until 2026-12-03 the connections set `plan_cache_mode =
+    /// force_custom_plan` instead, which also re-planned the statements of PostgreSQL's own
+    /// foreign-key checks for every row written: a third of the server's CPU in the bench.
+    pub(crate) fn batch_query<'q>(&self, sql: &'q str) -> Query<'q, Any, AnyArguments<'q>> {
+        sqlx::query(sql).persistent(self.backend == Backend::Sqlite)
     }
 
     /// Statements with many binds (multi-row VALUES, long IN lists) in the backend's cheapest

@@ -179,8 +179,7 @@ impl Store {
     ) -> StoreResult<Vec<Claimed>> {
         let mut tx = self.pool.begin().await?;
         let sql = self.claim_sql();
-        let opened = self
-            .batch_query(&sql)
+        let opened = sqlx::query(&sql)
             .bind(campaign_id)
             .bind(now)
             .bind(limit as i64)
@@ -204,7 +203,7 @@ impl Store {
              FROM hopper h JOIN contacts c ON c.id = h.contact_id WHERE h.id IN ({}) ORDER BY h.id",
             placeholders(1, padded_len(hopper_ids.len()))
         ));
-        let mut q = self.batch_query(&sql);
+        let mut q = sqlx::query(&sql);
         for id in padded(&hopper_ids) {
             q = q.bind(*id);
         }
@@ -282,7 +281,7 @@ impl Store {
                      WHERE id IN ({})",
                     placeholders(3, padded_len(held.len()))
                 ));
-                let mut q = self.batch_query(&sql).bind(opens_at).bind(now);
+                let mut q = sqlx::query(&sql).bind(opens_at).bind(now);
                 for hopper_id in padded(&held) {
                     q = q.bind(*hopper_id);
                 }
@@ -294,7 +293,7 @@ impl Store {
                 "DELETE FROM attempts WHERE id IN ({})",
                 placeholders(1, padded_len(withdrawn.len()))
             ));
-            let mut q = self.batch_query(&sql);
+            let mut q = self.growing_table_query(&sql);
             for attempt_id in padded(&withdrawn) {
                 q = q.bind(*attempt_id);
             }
@@ -317,7 +316,7 @@ impl Store {
             2 * rows + 1,
             2 * rows + 2
         ));
-        let mut q = self.batch_query(&sql);
+        let mut q = sqlx::query(&sql);
         for row in padded(&claimed) {
             q = q.bind(row.hopper_id).bind(row.attempt_id);
         }
@@ -392,7 +391,11 @@ impl Store {
                    finished_at = $3 WHERE status = 'sending' AND id IN ({})",
                 placeholders(4, n)
             ));
-            let mut q = self.batch_query(&sql).bind(class).bind(text).bind(now);
+            let mut q = self
+                .growing_table_query(&sql)
+                .bind(class)
+                .bind(text)
+                .bind(now);
             for id in padded(&ids) {
                 q = q.bind(*id);
             }
@@ -402,7 +405,7 @@ impl Store {
                  WHERE inflight_attempt_id IN ({})",
                 placeholders(2, n)
             ));
-            let mut q = self.batch_query(&sql).bind(now);
+            let mut q = sqlx::query(&sql).bind(now);
             for id in padded(&ids) {
                 q = q.bind(*id);
             }
@@ -741,7 +744,7 @@ impl Store {
              WHERE wamid IN ({}) ORDER BY id {lock}",
             placeholders(1, padded_len(wamids.len()))
         ));
-        let mut q = self.batch_query(&sql);
+        let mut q = sqlx::query(&sql);
         for w in padded(wamids) {
             q = q.bind(*w);
         }
@@ -775,7 +778,7 @@ impl Store {
              FROM v WHERE hopper.id = v.id AND {RANK_SQL} < v.status_rank",
             value_rows(padded_len(moves.len()), 8, 1)
         ));
-        let mut q = self.batch_query(&sql);
+        let mut q = sqlx::query(&sql);
         for m in padded(moves) {
             q = q
                 .bind(m.hopper_id)
@@ -829,7 +832,7 @@ impl Store {
                  WHERE a.status IN ('sending', 'unknown') AND a.id IN ({})",
                 placeholders(1, padded_len(chunk.len()))
             ));
-            let mut q = self.batch_query(&sql);
+            let mut q = self.growing_table_query(&sql);
             for id in padded(chunk) {
                 q = q.bind(*id);
             }
@@ -963,7 +966,7 @@ impl Store {
                  FROM v WHERE hopper.inflight_attempt_id = v.attempt_id",
                 value_rows(padded_len(chunk.len()), 5, 1)
             ));
-            let mut q = self.batch_query(&sql);
+            let mut q = sqlx::query(&sql);
             for r in padded(chunk) {
                 q = q
                     .bind(r.attempt_id)
@@ -980,7 +983,7 @@ impl Store {
                  FROM v WHERE attempts.id = v.attempt_id AND attempts.status IN ('sending', 'unknown')",
                 value_rows(padded_len(chunk.len()), 3, 1)
             ));
-            let mut q = self.batch_query(&sql);
+            let mut q = self.growing_table_query(&sql);
             for r in padded(chunk) {
                 q = q.bind(r.attempt_id).bind(&r.wamid).bind(r.now);
             }
@@ -1007,7 +1010,11 @@ impl Store {
             "SELECT id FROM {table} WHERE {column} IN ({}) ORDER BY id FOR UPDATE",
             placeholders(1, padded_len(ids.len()))
         );
-        let mut q = self.batch_query(&sql);
+        let mut q = if table == "attempts" {
+            self.growing_table_query(&sql)
+        } else {
+            sqlx::query(&sql)
+        };
         for id in padded(ids) {
             q = q.bind(*id);
         }

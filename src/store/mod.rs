@@ -198,15 +198,18 @@ impl Store {
         Ok(())
     }
 
-    /// A batch statement (from [`Store::bulk_sql`] or [`Store::claim_sql`]). On PostgreSQL it
-    /// is not kept prepared: an unnamed statement is planned for the values bound at each
-    /// execution, so no plan made while a table was small outlives it. (A kept statement may
-    /// settle on one generic plan after five executions: planned while `attempts` was nearly
-    /// empty, the settle's join then scanned the whole table on every commit once it held
-    /// 200,000 rows.) Until 2026-12-03 the connections set `plan_cache_mode =
-    /// force_custom_plan` instead, which also re-planned the statements of PostgreSQL's own
-    /// foreign-key checks for every row written: a third of the server's CPU in the bench.
-    pub(crate) fn batch_query<'q>(&self, sql: &'q str) -> Query<'q, Any, AnyArguments<'q>> {
+    /// A batch statement on a table that grows while a campaign runs (`attempts`,
+    /// `tier_recipients`). On PostgreSQL it is not kept prepared: an unnamed statement is
+    /// planned for the values bound at each execution, so no plan made while the table was
+    /// nearly empty outlives it. (A kept statement may settle on one generic plan after five
+    /// executions: planned while `attempts` was nearly empty, the settle's join then scanned
+    /// the whole table on every commit once it held 200,000 rows.) It costs a round trip more
+    /// (sqlx describes an unnamed statement before binding it), so statements on tables whose
+    /// size a run does not change (`hopper`, `contacts`, analysed after loading) stay
+    /// prepared. Until 2026-12-03 the connections set `plan_cache_mode = force_custom_plan`
+    /// instead, which also re-planned PostgreSQL's own foreign-key checks for every row
+    /// written: a third of the server's CPU in the bench.
+    pub(crate) fn growing_table_query<'q>(&self, sql: &'q str) -> Query<'q, Any, AnyArguments<'q>> {
         sqlx::query(sql).persistent(self.backend == Backend::Sqlite)
     }
 

@@ -224,7 +224,7 @@ impl Store {
                  ON CONFLICT (portfolio, phone) DO UPDATE SET last_sent_at = excluded.last_sent_at",
                 super::value_rows(padded_len(chunk.len()), 3, 1)
             ));
-            let mut q = self.batch_query(&sql);
+            let mut q = self.growing_table_query(&sql);
             for p in padded(chunk) {
                 q = q.bind(&budget.portfolio).bind(*p).bind(now);
             }
@@ -247,7 +247,10 @@ impl Store {
             "SELECT phone FROM tier_recipients WHERE portfolio = $1 AND last_sent_at + 0 > $2 AND phone IN ({})",
             placeholders(3, padded_len(phones.len()))
         ));
-        let mut q = self.batch_query(&sql).bind(&budget.portfolio).bind(since);
+        let mut q = self
+            .growing_table_query(&sql)
+            .bind(&budget.portfolio)
+            .bind(since);
         for p in padded(phones) {
             q = q.bind(p.as_str());
         }
@@ -356,7 +359,7 @@ impl Store {
              AND inflight_attempt_id IS NULL AND line IN ({})",
             placeholders(2, lines.len())
         ));
-        let mut q = self.batch_query(&sql).bind(now);
+        let mut q = sqlx::query(&sql).bind(now);
         for l in lines {
             q = q.bind(l.as_str());
         }

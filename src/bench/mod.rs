@@ -99,8 +99,9 @@ pub async fn run(options: BenchOptions) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("bench.db").display()));
+    let on_postgres = database_url.starts_with("postgres");
     anyhow::ensure!(
-        options.daemons == 1 || database_url.starts_with("postgres"),
+        options.daemons == 1 || on_postgres,
         "several daemons need a PostgreSQL --database-url"
     );
     let mut config_text = format!(
@@ -192,7 +193,6 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
 
     let cpu_before = cpu(&others);
     let sim_cpu_before = process_cpu(sim.0.id());
-    let on_postgres = !database_url.starts_with("sqlite");
     let db_cpu = || {
         if on_postgres {
             postgres_server_cpu()

@@ -141,6 +141,10 @@ pub enum Command {
         /// to 250): shows how many requests in flight a line needs for its rate
         #[arg(long, default_value_t = 0)]
         latency_ms: u64,
+        /// Dispatch alone (claim, render, send, record), as the bare ceiling is measured: the
+        /// simulator posts no status webhooks back during the run
+        #[arg(long)]
+        no_status_webhooks: bool,
     },
     /// Templates: fetch them from the provider, or show the synced ones
     Templates {
@@ -434,6 +438,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             daemons,
             webhooks: None,
             latency_ms,
+            no_status_webhooks,
         } => crate::bench::run(crate::bench::BenchOptions {
             contacts,
             database_url: cli.global.database_url.clone(),
@@ -441,6 +446,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             lines,
             daemons,
             latency_ms,
+            status_webhooks: !no_status_webhooks,
         })
         .await
         .map_err(CliError::Failure)?,

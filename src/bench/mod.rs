@@ -24,6 +24,9 @@ pub struct BenchOptions {
     pub daemons: usize,
     /// Added by the simulator to every send answer.
     pub latency_ms: u64,
+    /// Whether the simulator posts its status webhooks (sent, delivered, read) back during
+    /// the run, as in production; without them the run is dispatch alone.
+    pub status_webhooks: bool,
 }
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -160,7 +163,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         (rate, process_cpu(sim.0.id()) - sim_before)
     };
 
-    let sim = simulator(true)?;
+    let sim = simulator(options.status_webhooks)?;
     wait_for_port(sim_port).await?;
     let clock: SharedClock = Arc::new(SystemClock);
     let daemon = serve::start(config.clone(), ServeOptions::new(clock.clone())).await?;
@@ -234,7 +237,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let n = options.contacts as f64;
     let rate = n / elapsed;
     println!(
-        "bench: {} templates sent in {elapsed:.2}s = {rate:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS {} MiB; {}, {} line(s), {} daemon(s), {} in flight per line",
+        "bench: {} templates sent in {elapsed:.2}s = {rate:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS {} MiB; {}, {} line(s), {} daemon(s), {} in flight per line, {}",
         options.contacts,
         cpu_used * 1e6 / n,
         cpu_used / elapsed,
@@ -242,7 +245,12 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
         if on_postgres { "PostgreSQL" } else { "SQLite" },
         options.lines,
         options.daemons,
-        options.in_flight
+        options.in_flight,
+        if options.status_webhooks {
+            "status webhooks flowing back"
+        } else {
+            "no status webhooks (dispatch alone)"
+        }
     );
     println!(
         "simulator ceiling (bare HTTP load, {} in flight): {ceiling:.0} msg/s, simulator CPU {:.0} µs/msg; bench / ceiling = {:.2}",

@@ -99,6 +99,10 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(sqlite_connections())
                     .acquire_timeout(Duration::from_secs(30))
+                    // sqlx pings a connection each time it leaves the pool; an SQLite
+                    // connection lives in this process and cannot have hung up, so the ping
+                    // was only a round trip to its thread before every transaction.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers (status, API) run beside the dispatcher's writes;

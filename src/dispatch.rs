@@ -26,7 +26,7 @@ use crate::outcomes::Outcomes;
 use crate::provider::{Provider, SendError, TemplateMessage};
 use crate::store::{
     CampaignRow, ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError,
-    AWAITING_RETRY_RUN,
+    TierBudget, AWAITING_RETRY_RUN,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -414,10 +414,8 @@ impl Dispatcher {
             .max(1);
         let hold_until = self.now() + self.config.server.reconcile_after.as_millis() as Millis;
         let configured = self.config.portfolio(&rt.line.portfolio).map(|p| p.tier);
-        let budget = self
-            .store
-            .tier_budget(&rt.line.portfolio, configured)
-            .await?;
+        // The stored tier, if any, replaces the configured one inside each claim.
+        let budget = TierBudget::configured(&rt.line.portfolio, configured);
         let ramped = budget.ramped();
         let now_t = self.clock.now();
         let local_hours: HashMap<i64, _> = campaigns

@@ -9,7 +9,7 @@ use crate::domain::text::normalize;
 use crate::domain::{CampaignState, Outcome};
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{InteractionRow, OutboundMessage, StoreError};
+use crate::store::{InteractionRow, OutboundMessage, StoreError, TierBudget};
 use crate::webhook::{InboundKind, InboundMessage};
 use std::time::Duration;
 
@@ -546,10 +546,7 @@ impl Inbox {
             .ok_or_else(|| AgentError::UnknownLine(i.line.clone()))?;
         // A recontact is business-initiated: it takes a slot of the portfolio's budget.
         let configured = self.config.portfolio(&rt.line.portfolio).map(|p| p.tier);
-        let budget = self
-            .store
-            .tier_budget(&rt.line.portfolio, configured)
-            .await?;
+        let budget = TierBudget::configured(&rt.line.portfolio, configured);
         if !self
             .store
             .reserve_one(&budget, &i.phone, self.clock.now_millis())

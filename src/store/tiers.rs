@@ -12,29 +12,44 @@ use std::collections::HashSet;
 
 pub const DAY_MILLIS: Millis = 24 * 3600 * 1000;
 
-/// The budget a claim must respect: the portfolio and its current limit.
+/// The budget a claim must respect: the portfolio and its limit. Built from the configuration
+/// ([`TierBudget::configured`]); the tier stored for the portfolio (Meta's word, or the
+/// operator's) replaces it inside each reservation's transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TierBudget {
     pub portfolio: String,
     pub tier: Tier,
-    /// A ramping campaign's cap: distinct recipients the portfolio may have reached in the last
-    /// 7 days (half the limit qualifies it for the next tier; it then waits for the upgrade).
-    pub ramp_cap: Option<u64>,
+    /// A ramping campaign: distinct recipients the portfolio may have reached in the last
+    /// 7 days stop at half the limit (that qualifies it for the next tier; it then waits for
+    /// the upgrade).
+    pub ramp: bool,
 }
 
 impl TierBudget {
-    /// No limit and no ramp cap: every recipient is admitted.
-    fn is_unlimited(&self) -> bool {
-        self.tier.limit().is_none() && self.ramp_cap.is_none()
+    /// The portfolio's configured tier (250 when none is configured), before the stored one
+    /// is read.
+    pub fn configured(portfolio: &str, configured: Option<Tier>) -> TierBudget {
+        TierBudget {
+            portfolio: portfolio.to_string(),
+            tier: configured.unwrap_or(Tier::Limited(250)),
+            ramp: false,
+        }
     }
 
     /// The same budget for a `ramp = true` campaign: new recipients stop once the portfolio
     /// qualifies for its next tier, and resume when the tier rises. No cap at the top.
     pub fn ramped(&self) -> TierBudget {
         TierBudget {
-            ramp_cap: self.tier.limit().map(|l| l.div_ceil(2)),
+            ramp: true,
             ..self.clone()
         }
+    }
+
+    /// The 7-day cap of a ramping campaign.
+    fn ramp_cap(&self) -> Option<u64> {
+        self.ramp
+            .then(|| self.tier.limit().map(|l| l.div_ceil(2)))
+            .flatten()
     }
 }
 
@@ -135,37 +150,36 @@ impl Store {
         phones: &[String],
         now: Millis,
     ) -> StoreResult<Vec<bool>> {
-        let current;
-        let budget = if budget.is_unlimited() {
-            budget
-        } else {
-            // `budget` was read before this transaction. A tier raised since then released
-            // the rows it held, so deciding on the old tier would hold them again, for a day:
-            // read it again here. On PostgreSQL the row lock also serialises reservations
-            // across daemons.
-            let lock = match self.backend {
-                Backend::Postgres => " FOR UPDATE",
-                Backend::Sqlite => "",
-            };
-            let stored: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT tier FROM portfolio_tiers WHERE portfolio = $1{lock}"
-            ))
+        // The tier stored now decides, not the one the caller assumed: a tier raised or
+        // lowered (Meta's webhook, `tiercast tier set`) counts from the next claim. Read
+        // here rather than before the transaction, it costs no turn at the pool of its own.
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT tier FROM portfolio_tiers WHERE portfolio = $1")
+                .bind(&budget.portfolio)
+                .fetch_optional(&mut **tx)
+                .await?;
+        let tier = stored
+            .and_then(|t| t.parse::<Tier>().ok())
+            .unwrap_or(budget.tier);
+        let mut budget = TierBudget {
+            tier,
+            ..budget.clone()
+        };
+        if tier.limit().is_some() && self.backend == Backend::Postgres {
+            // A limited budget is shared by every daemon: the portfolio's row lock serialises
+            // their reservations, and the tier is read again under it.
+            let locked: Option<String> = sqlx::query_scalar(
+                "SELECT tier FROM portfolio_tiers WHERE portfolio = $1 FOR UPDATE",
+            )
             .bind(&budget.portfolio)
             .fetch_optional(&mut **tx)
             .await?;
-            match stored.and_then(|t| t.parse::<Tier>().ok()) {
-                Some(tier) if tier != budget.tier => {
-                    current = TierBudget {
-                        portfolio: budget.portfolio.clone(),
-                        tier,
-                        ramp_cap: budget.ramp_cap.and(tier.limit().map(|l| l.div_ceil(2))),
-                    };
-                    &current
-                }
-                _ => budget,
+            if let Some(tier) = locked.and_then(|t| t.parse::<Tier>().ok()) {
+                budget.tier = tier;
             }
-        };
-        if budget.is_unlimited() {
+        }
+        let budget = &budget;
+        if budget.tier.limit().is_none() {
             // Unlimited: every recipient is admitted; they are still recorded (for the
             // 24-hour use the metrics show, and in case the tier drops).
             let all: Vec<&str> = phones.iter().map(String::as_str).collect();
@@ -177,14 +191,14 @@ impl Store {
             .await?;
         let limit = budget.tier.limit().map(|l| l as i64).unwrap_or(i64::MAX);
         // A ramp counts distinct recipients over 7 days, as Meta's upgrade rule does.
-        let (known_week, mut used_week) = match budget.ramp_cap {
+        let (known_week, mut used_week) = match budget.ramp_cap() {
             Some(_) => {
                 self.reached_since(tx, budget, phones, now - WEEK_MILLIS)
                     .await?
             }
             None => (HashSet::new(), 0),
         };
-        let ramp_cap = budget.ramp_cap.map(|c| c as i64).unwrap_or(i64::MAX);
+        let ramp_cap = budget.ramp_cap().map(|c| c as i64).unwrap_or(i64::MAX);
         let mut admitted = Vec::with_capacity(phones.len());
         let mut reached = Vec::new();
         for phone in phones {
@@ -364,24 +378,5 @@ impl Store {
             q = q.bind(l.as_str());
         }
         Ok(q.execute(&self.pool).await?.rows_affected())
-    }
-}
-
-impl Store {
-    /// The budget of a portfolio now: its stored tier (Meta's latest word), else the config's.
-    pub async fn tier_budget(
-        &self,
-        portfolio: &str,
-        configured: Option<Tier>,
-    ) -> StoreResult<TierBudget> {
-        let tier = match self.portfolio_tier(portfolio).await? {
-            Some(t) => t,
-            None => configured.unwrap_or(Tier::Limited(250)),
-        };
-        Ok(TierBudget {
-            portfolio: portfolio.to_string(),
-            tier,
-            ramp_cap: None,
-        })
     }
 }

@@ -482,8 +482,8 @@ async fn tier_and_template_events() {
         json!({"type":"tier-event","payload":{"event":"UPGRADE","currentTier":"TIER_250","newTier":"TIER_10K"}}),
     ));
     gs.settle().await;
-    let tier = gs.daemon.store.tier_budget("gs", None).await.unwrap().tier;
-    assert_eq!(tier, Tier::Limited(10_000));
+    let tier = gs.daemon.store.portfolio_tier("gs").await.unwrap();
+    assert_eq!(tier, Some(Tier::Limited(10_000)));
     gs.run_campaign(&phones(1)).await;
     wait_for(&gs.daemon, &gs.config, "sent", |s| s.sent == 1).await;
     assert!(gs.sim.post_gupshup_event(

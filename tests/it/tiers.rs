@@ -148,9 +148,25 @@ async fn a_claim_reads_a_tier_raised_after_its_budget(db: TestDb) {
 }
 crate::both_backends!(a_claim_reads_a_tier_raised_after_its_budget);
 
+/// The tier stored for a portfolio (Meta's word, or the operator's) decides each claim inside
+/// its transaction, even when the configuration says unlimited: a limit lowered since holds
+/// the new recipients from the next claim on.
+async fn a_claim_obeys_a_stored_tier_below_the_configured_one(db: TestDb) {
+    use tiercast::domain::Tier;
+    let (clock, cfg, id) = started_without_daemon(&db, 5).await;
+    let now = clock.now_millis();
+    tiercast::tiers::apply(&db.store, &cfg, "acme", Tier::Limited(2), "api", now)
+        .await
+        .unwrap();
+    let configured = tiercast::store::TierBudget::configured("acme", Some(Tier::Unlimited));
+    let claimed = claim_within(&db, id, now, 10, &configured).await;
+    assert_eq!(claimed.len(), 2, "the stored tier of 2 admits two");
+}
+crate::both_backends!(a_claim_obeys_a_stored_tier_below_the_configured_one);
+
 /// Five contacts started without a daemon, then up to `limit` rows claimed under portfolio
-/// `acme`'s tier of 2: the clock's time, the config, the campaign id, the budget the claim
-/// read and the claimed rows.
+/// `acme`'s configured tier of 2: the clock's time, the config, the campaign id, the budget
+/// given to the claim and the claimed rows.
 async fn claimed_under_a_tier_of_two(
     db: &TestDb,
     limit: usize,
@@ -163,11 +179,8 @@ async fn claimed_under_a_tier_of_two(
 ) {
     let (clock, cfg, id) = started_without_daemon(db, 5).await;
     let now = clock.now_millis();
-    let budget = db
-        .store
-        .tier_budget("acme", Some(tiercast::domain::Tier::Limited(2)))
-        .await
-        .unwrap();
+    let budget =
+        tiercast::store::TierBudget::configured("acme", Some(tiercast::domain::Tier::Limited(2)));
     let claimed = claim_within(db, id, now, limit, &budget).await;
     (now, cfg, id, budget, claimed)
 }

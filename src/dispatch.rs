@@ -808,11 +808,13 @@ impl Dispatcher {
                 refreshed_at = Some(Instant::now());
             }
             // Sends waiting for their settle's group commit are still tasks here: room for
-            // four times `max_in_flight` lets the next requests start meanwhile (the HTTP
-            // permits still bound them), which also makes the commits larger; twice measured
-            // 9–16 % slower in `tiercast bench`. One claim takes at most a second of the
-            // line's throughput, so a slow line does not hold rows it cannot send soon.
-            let room = (capacity * 4).saturating_sub(sends.len());
+            // eight times `max_in_flight` lets the next requests start meanwhile (the HTTP
+            // permits still bound them) and makes claims and commits larger, so SQLite's one
+            // connection changes hands less often: four times was 5 – 10 % slower in
+            // `tiercast bench --no-status-webhooks`, twice 9 – 16 % slower than four. One claim
+            // takes at most a second of the line's throughput, so a slow line does not hold
+            // rows it cannot send soon.
+            let room = (capacity * 8).saturating_sub(sends.len());
             let claim_max = room.min(512).min(rt.line.throughput_mps.max(1) as usize);
             let claimed = if room > 0 && !campaigns.is_empty() {
                 match self.claim(&rt, &campaigns, claim_max).await {

@@ -845,21 +845,44 @@ impl Store {
     }
 
     /// The campaign rows of these wamids with their message status; on PostgreSQL locked in
-    /// primary-key order, the order every batch writer locks in.
+    /// primary-key order, the order every batch writer locks in (SQLite has one writer).
     async fn status_rows(
         &self,
         tx: &mut Transaction<'static, Any>,
         wamids: &[&str],
     ) -> StoreResult<Vec<StatusRow>> {
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE",
-            Backend::Sqlite => "",
-        };
-        let sql = self.bulk_sql(format!(
+        let list = placeholders(1, padded_len(wamids.len()));
+        if self.backend == Backend::Sqlite {
+            // One JSON value, not a stream of rows through sqlx's 50-row channel (see
+            // `open_attempts_sqlite`): a group commit often names a few hundred messages.
+            let sql = self.bulk_sql(format!(
+                "SELECT json_group_array(json_array(id, campaign_id, contact_id, wamid, message_status)) \
+                 FROM hopper WHERE wamid IN ({list})"
+            ));
+            let mut q = sqlx::query_scalar(&sql);
+            for w in padded(wamids) {
+                q = q.bind(*w);
+            }
+            let json: String = q.fetch_one(&mut **tx).await?;
+            let rows: Vec<(i64, i64, i64, String, Option<String>)> = serde_json::from_str(&json)
+                .map_err(|e| StoreError::Corrupt(format!("rows named by statuses: {e}")))?;
+            return Ok(rows
+                .into_iter()
+                .map(
+                    |(hopper_id, campaign_id, contact_id, wamid, status)| StatusRow {
+                        hopper_id,
+                        campaign_id,
+                        contact_id,
+                        wamid,
+                        status,
+                    },
+                )
+                .collect());
+        }
+        let sql = format!(
             "SELECT id, campaign_id, contact_id, wamid, message_status FROM hopper \
-             WHERE wamid IN ({}) ORDER BY id {lock}",
-            placeholders(1, padded_len(wamids.len()))
-        ));
+             WHERE wamid IN ({list}) ORDER BY id FOR UPDATE"
+        );
         let mut q = sqlx::query(&sql);
         for w in padded(wamids) {
             q = q.bind(*w);

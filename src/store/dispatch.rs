@@ -178,16 +178,9 @@ impl Store {
         gate: &ClaimGate<'_>,
     ) -> StoreResult<Vec<Claimed>> {
         let mut tx = self.pool.begin().await?;
-        let mut claimed = match self.backend {
-            Backend::Sqlite => {
-                self.open_attempts_sqlite(&mut tx, campaign_id, line, now, limit)
-                    .await?
-            }
-            Backend::Postgres => {
-                self.open_attempts_returning(&mut tx, campaign_id, line, now, limit)
-                    .await?
-            }
-        };
+        let mut claimed = self
+            .open_attempts(&mut tx, campaign_id, line, now, limit)
+            .await?;
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(Vec::new());
@@ -283,9 +276,9 @@ impl Store {
         Ok(claimed)
     }
 
-    /// PostgreSQL: opens the attempts (`RETURNING` their ids), then reads their rows and
-    /// contacts, in hopper order.
-    async fn open_attempts_returning(
+    /// Opens the attempts of up to `limit` due rows of the campaign ([`Store::claim_sql`]) and
+    /// reads them back with their rows and contacts, in hopper order.
+    async fn open_attempts(
         &self,
         tx: &mut Transaction<'static, Any>,
         campaign_id: i64,
@@ -293,19 +286,32 @@ impl Store {
         now: Millis,
         limit: usize,
     ) -> StoreResult<Vec<Claimed>> {
-        let opened = sqlx::query(&self.claim_sql())
-            .bind(campaign_id)
-            .bind(now)
-            .bind(limit as i64)
-            .bind(line)
-            .bind(now - PAIR_RATE_GAP)
-            .fetch_all(&mut **tx)
-            .await?;
+        let sql = self.claim_sql();
+        let claim = bound_claim(&sql, campaign_id, line, now, limit);
+        match self.backend {
+            Backend::Postgres => {
+                let opened = claim.fetch_all(&mut **tx).await?;
+                self.opened_rows_returned(tx, campaign_id, &opened).await
+            }
+            Backend::Sqlite => {
+                let opened = claim.execute(&mut **tx).await?.rows_affected() as i64;
+                self.opened_rows_by_id(tx, campaign_id, now, opened).await
+            }
+        }
+    }
+
+    /// PostgreSQL: the rows and contacts of the attempts `opened` returned (id, hopper id).
+    async fn opened_rows_returned(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        campaign_id: i64,
+        opened: &[sqlx::any::AnyRow],
+    ) -> StoreResult<Vec<Claimed>> {
         if opened.is_empty() {
             return Ok(Vec::new());
         }
         let mut attempt_of: HashMap<i64, i64> = HashMap::with_capacity(opened.len());
-        for row in &opened {
+        for row in opened {
             attempt_of.insert(row.try_get(1)?, row.try_get(0)?);
         }
         let mut hopper_ids: Vec<i64> = attempt_of.keys().copied().collect();
@@ -350,8 +356,8 @@ impl Store {
         Ok(claimed)
     }
 
-    /// SQLite: opens the attempts, then reads them with their rows and contacts as one JSON
-    /// value. sqlx streams an SQLite result from its connection thread 50 rows at a time,
+    /// SQLite: the `count` attempts just opened, with their rows and contacts, read as one
+    /// JSON value. sqlx streams an SQLite result from its connection thread 50 rows at a time,
     /// and each full buffer parks that thread until the caller drains it: a claim of 200 rows
     /// returned twice cost about eight more hand-offs between threads than the statements
     /// themselves (`tiercast bench --no-status-webhooks` ran 9 – 13 % faster with a buffer
@@ -361,23 +367,13 @@ impl Store {
     /// numbers the rows of one `INSERT` consecutively from the largest id plus one, so they
     /// are the last `rows_affected` ids up to `last_insert_rowid()`. The read checks that it
     /// found exactly that many.
-    async fn open_attempts_sqlite(
+    async fn opened_rows_by_id(
         &self,
         tx: &mut Transaction<'static, Any>,
         campaign_id: i64,
-        line: &str,
         now: Millis,
-        limit: usize,
+        count: i64,
     ) -> StoreResult<Vec<Claimed>> {
-        let opened = sqlx::query(&self.claim_sql())
-            .bind(campaign_id)
-            .bind(now)
-            .bind(limit as i64)
-            .bind(line)
-            .bind(now - PAIR_RATE_GAP)
-            .execute(&mut **tx)
-            .await?;
-        let count = opened.rows_affected() as i64;
         if count == 0 {
             return Ok(Vec::new());
         }
@@ -854,7 +850,7 @@ impl Store {
         let list = placeholders(1, padded_len(wamids.len()));
         if self.backend == Backend::Sqlite {
             // One JSON value, not a stream of rows through sqlx's 50-row channel (see
-            // `open_attempts_sqlite`): a group commit often names a few hundred messages.
+            // `opened_rows_by_id`): a group commit often names a few hundred messages.
             let sql = self.bulk_sql(format!(
                 "SELECT json_group_array(json_array(id, campaign_id, contact_id, wamid, message_status)) \
                  FROM hopper WHERE wamid IN ({list})"
@@ -1160,6 +1156,22 @@ impl Store {
         q.fetch_all(&mut **tx).await?;
         Ok(())
     }
+}
+
+/// [`Store::claim_sql`] with its binds.
+fn bound_claim<'q>(
+    sql: &'q str,
+    campaign_id: i64,
+    line: &'q str,
+    now: Millis,
+    limit: usize,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(campaign_id)
+        .bind(now)
+        .bind(limit as i64)
+        .bind(line)
+        .bind(now - PAIR_RATE_GAP)
 }
 
 /// A campaign row named by a batch of statuses, as read before they apply.

@@ -203,6 +203,79 @@ async fn claim_within(
         .unwrap()
 }
 
+/// A claim hands the dispatcher each contact as stored (quotes, a newline, accents and emoji;
+/// no name, no e-mail) and each row with the attempt opened for it and held on it. On SQLite
+/// the claimed rows come back as one JSON value, which must lose nothing, and are found by
+/// id, which must hold after a withdrawn attempt was deleted.
+async fn a_claim_returns_each_contact_as_stored(db: TestDb) {
+    use sqlx::Row;
+    let clock = ManualClock::new(chrono::Utc::now());
+    let cfg = Config::parse(&config(&db.url), "t.toml").unwrap();
+    let n = numbers(3);
+    let csv = format!(
+        "phone,name,email,plan,notes\n\
+         {},\"Zé \"\"Bigode\"\" 🎉\",ze@example.com,gold,\"line one\nline two\"\n\
+         {},,,ação 😀,\"a;b \\ c\"\n\
+         {},Ana,,silver,\n",
+        n[0], n[1], n[2]
+    );
+    import_csv(&db.store, &clock, "l", &csv).await;
+    campaign::command(&db.store, &clock, &cfg, "c", CampaignCommand::Start)
+        .await
+        .unwrap();
+    let id = db.store.campaign_by_name("c").await.unwrap().unwrap().id;
+    let now = clock.now_millis();
+    // Under a tier of two the claim opens three attempts and withdraws (deletes) the last,
+    // the largest id; raised, the next claim opens the third row's attempt, reusing that id.
+    let two =
+        tiercast::store::TierBudget::configured("acme", Some(tiercast::domain::Tier::Limited(2)));
+    let mut claimed = claim_within(&db, id, now, 10, &two).await;
+    assert_eq!(claimed.len(), 2);
+    tiercast::tiers::apply(
+        &db.store,
+        &cfg,
+        "acme",
+        tiercast::domain::Tier::Limited(2000),
+        "api",
+        now,
+    )
+    .await
+    .unwrap();
+    claimed.extend(claim_within(&db, id, now, 10, &two).await);
+    assert_eq!(claimed.len(), 3);
+    let mut attempt_ids: Vec<i64> = claimed.iter().map(|c| c.attempt_id).collect();
+    attempt_ids.dedup();
+    assert_eq!(attempt_ids.len(), 3, "{claimed:?}");
+    for c in &claimed {
+        let stored = db.store.contact_by_phone(&c.phone).await.unwrap().unwrap();
+        assert_eq!(c.contact_id, stored.id);
+        assert_eq!((&c.name, &c.email), (&stored.name, &stored.email));
+        assert_eq!(c.fields, stored.fields);
+        let held = sqlx::query(
+            "SELECT h.inflight_attempt_id, a.hopper_id, a.status FROM hopper h \
+             JOIN attempts a ON a.id = h.inflight_attempt_id WHERE h.id = $1",
+        )
+        .bind(c.hopper_id)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(held.get::<i64, _>(0), c.attempt_id);
+        assert_eq!(held.get::<i64, _>(1), c.hopper_id);
+        assert_eq!(held.get::<String, _>(2), "sending");
+    }
+    let ze = claimed.iter().find(|c| c.phone == n[0]).unwrap();
+    assert_eq!(ze.name.as_deref(), Some("Zé \"Bigode\" 🎉"));
+    assert_eq!(ze.fields["notes"], "line one\nline two");
+    let second = claimed.iter().find(|c| c.phone == n[1]).unwrap();
+    assert_eq!(
+        (second.name.as_deref(), second.email.as_deref()),
+        (None, None)
+    );
+    assert_eq!(second.fields["plan"], "ação 😀");
+    assert_eq!(second.fields["notes"], "a;b \\ c");
+}
+crate::both_backends!(a_claim_returns_each_contact_as_stored);
+
 /// [`started_without_daemon`], then every row claimed with no gate: the clock's time, the
 /// campaign id and the claimed rows (in hopper order).
 async fn claimed_without_daemon(

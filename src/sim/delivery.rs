@@ -14,7 +14,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::WebhookMode;
@@ -33,7 +35,7 @@ pub(crate) enum Job {
     /// One `statuses[]` element, batched with others of the same line.
     Status {
         target: Arc<Target>,
-        status: Value,
+        status: QueuedStatus,
         seq: u64,
     },
     /// A whole change (`field` + `value`), posted on its own right away (inbound messages,
@@ -54,6 +56,15 @@ pub(crate) enum Job {
     },
     /// Post whatever is buffered now (used by `flush`).
     Nudge,
+}
+
+/// A status element already serialised (the simulator writes three per message it accepts;
+/// as `Value` trees they cost it as much CPU as answering the send), with its message id for
+/// the reordering mode.
+#[derive(Clone)]
+pub(crate) struct QueuedStatus {
+    pub wamid: String,
+    pub json: Box<RawValue>,
 }
 
 /// Counters shared with the simulator's stats.
@@ -118,7 +129,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Statuses waiting to be batched, per phone_number_id: (target, [(seq, status)]).
-type Buffers = HashMap<String, (Arc<Target>, Vec<(u64, Value)>)>;
+type Buffers = HashMap<String, (Arc<Target>, Vec<(u64, QueuedStatus)>)>;
 
 /// The background task. Ends when every sender is dropped (simulator dropped).
 pub(crate) async fn run(
@@ -164,7 +175,7 @@ pub(crate) async fn run(
                     }
                 }
                 Some(Job::Change { target, field, value, seq }) => {
-                    let body = envelope(&target, vec![(field, value)]);
+                    let body = envelope(&target, vec![Change { value, field }]);
                     spawn_post(&ctx, target, body, None, vec![seq], 1);
                 }
                 Some(Job::Sequence { url, headers, bodies, seq }) => {
@@ -207,22 +218,16 @@ fn dispatch_statuses(
     ctx: &Arc<PostCtx>,
     rng: &mut StdRng,
     target: Arc<Target>,
-    mut items: Vec<(u64, Value)>,
+    mut items: Vec<(u64, QueuedStatus)>,
 ) {
     if ctx.mode.reorder {
         // Per message, newest status first (read before delivered before sent), and the
         // messages themselves shuffled: the two disorders Meta documents.
-        let mut groups: Vec<(String, Vec<(u64, Value)>)> = Vec::new();
+        let mut groups: Vec<(String, Vec<(u64, QueuedStatus)>)> = Vec::new();
         for item in items.drain(..) {
-            let id = item
-                .1
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            match groups.iter_mut().find(|g| g.0 == id) {
+            match groups.iter_mut().find(|g| g.0 == item.1.wamid) {
                 Some(g) => g.1.push(item),
-                None => groups.push((id, vec![item])),
+                None => groups.push((item.1.wamid.clone(), vec![item])),
             }
         }
         groups.shuffle(rng);
@@ -232,53 +237,88 @@ fn dispatch_statuses(
         }
     }
     let ratio = ctx.mode.duplicate_ratio.clamp(0.0, 1.0);
-    let dups: Vec<Value> = if ratio > 0.0 {
+    let dups: Vec<&RawValue> = if ratio > 0.0 {
         items
             .iter()
             .filter(|_| rng.gen_bool(ratio))
-            .map(|(_, v)| v.clone())
+            .map(|(_, s)| &*s.json)
             .collect()
     } else {
         Vec::new()
     };
     let count = items.len();
     let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
-    let statuses: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
-    let body = envelope(
-        &target,
-        vec![("messages".into(), statuses_value(&target, statuses))],
-    );
-    let dup_body = (!dups.is_empty()).then(|| {
-        envelope(
-            &target,
-            vec![("messages".into(), statuses_value(&target, dups))],
-        )
-    });
+    let statuses: Vec<&RawValue> = items.iter().map(|(_, s)| &*s.json).collect();
+    let body = envelope(&target, vec![statuses_change(&target, statuses)]);
+    let dup_body =
+        (!dups.is_empty()).then(|| envelope(&target, vec![statuses_change(&target, dups)]));
     spawn_post(ctx, target, body, dup_body, seqs, count);
 }
 
-fn statuses_value(t: &Target, statuses: Vec<Value>) -> Value {
-    json!({
-        "messaging_product": "whatsapp",
-        "metadata": metadata(t),
-        "statuses": statuses,
-    })
+/// A `messages` change carrying `statuses`.
+fn statuses_change<'a>(t: &'a Target, statuses: Vec<&'a RawValue>) -> Change<StatusesValue<'a>> {
+    Change {
+        value: StatusesValue {
+            messaging_product: "whatsapp",
+            metadata: Metadata::of(t),
+            statuses,
+        },
+        field: "messages".into(),
+    }
 }
 
 pub(crate) fn metadata(t: &Target) -> Value {
-    json!({ "display_phone_number": t.display_phone_number, "phone_number_id": t.phone_number_id })
+    serde_json::to_value(Metadata::of(t)).unwrap_or_default()
 }
 
-fn envelope(t: &Target, changes: Vec<(String, Value)>) -> Vec<u8> {
-    let changes: Vec<Value> = changes
-        .into_iter()
-        .map(|(field, value)| json!({ "value": value, "field": field }))
-        .collect();
-    let body = json!({
-        "object": "whatsapp_business_account",
-        "entry": [{ "id": t.waba_id, "changes": changes }],
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+#[derive(Serialize)]
+struct Metadata<'a> {
+    display_phone_number: &'a str,
+    phone_number_id: &'a str,
+}
+
+impl<'a> Metadata<'a> {
+    fn of(t: &'a Target) -> Self {
+        Metadata {
+            display_phone_number: &t.display_phone_number,
+            phone_number_id: &t.phone_number_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusesValue<'a> {
+    messaging_product: &'static str,
+    metadata: Metadata<'a>,
+    statuses: Vec<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct Change<V> {
+    value: V,
+    field: String,
+}
+
+/// Meta's webhook body: one entry (the portfolio) holding `changes`.
+fn envelope<V: Serialize>(t: &Target, changes: Vec<Change<V>>) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Entry<'a, V> {
+        id: &'a str,
+        changes: Vec<Change<V>>,
+    }
+    #[derive(Serialize)]
+    struct Body<'a, V> {
+        object: &'static str,
+        entry: [Entry<'a, V>; 1],
+    }
+    serde_json::to_vec(&Body {
+        object: "whatsapp_business_account",
+        entry: [Entry {
+            id: &t.waba_id,
+            changes,
+        }],
+    })
+    .unwrap_or_default()
 }
 
 fn spawn_post(

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::clock::{Clock, SharedClock};
-use delivery::{lock, DeliveryStats, Job, Target, Tracker};
+use delivery::{lock, DeliveryStats, Job, QueuedStatus, Target, Tracker};
 pub use fate::{Fate, FateMix};
 pub use faults::{FaultStats, SimFaults};
 pub use graph_error::GraphError;
@@ -887,7 +887,7 @@ impl Simulator {
         }))
     }
 
-    fn enqueue_status(&self, target: &Arc<Target>, status: Value) {
+    fn enqueue_status(&self, target: &Arc<Target>, status: QueuedStatus) {
         if self.inner.cfg.webhook_url.is_none() {
             return;
         }
@@ -1257,7 +1257,7 @@ impl Simulator {
                     Fate::Failed(code) => Some(code),
                     _ => None,
                 };
-                let v = status_json(&ctx, status, t0 + i as i64, *priced, err);
+                let v = status_element(&ctx, status, t0 + i as i64, *priced, err);
                 self.enqueue_status(&line.target, v);
             }
         }
@@ -1306,45 +1306,98 @@ struct StatusCtx<'a> {
 
 /// One `statuses[]` element as Meta sends it (§3.7): string timestamp, echoed callback data,
 /// pricing on `sent` and on exactly one of delivered/read, `conversation` only for ≤ v23.
-fn status_json(c: &StatusCtx, status: &str, ts: i64, priced: bool, error: Option<i64>) -> Value {
-    let mut v = json!({
-        "id": c.wamid,
-        "status": status,
-        "timestamp": ts.to_string(),
-        "recipient_id": c.recipient,
-    });
-    if let Some(cb) = c.callback {
-        v["biz_opaque_callback_data"] = cb.into();
+/// Serialised here, once: the delivery task only joins elements into a body.
+fn status_element(
+    c: &StatusCtx,
+    status: &str,
+    ts: i64,
+    priced: bool,
+    error: Option<i64>,
+) -> QueuedStatus {
+    #[derive(Serialize)]
+    struct Element<'a> {
+        id: &'a str,
+        status: &'a str,
+        timestamp: String,
+        recipient_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        biz_opaque_callback_data: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pricing: Option<Pricing<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conversation: Option<Conversation<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        errors: Option<[StatusError; 1]>,
     }
-    if priced {
-        v["pricing"] = json!({
-            "billable": c.pricing_type == "regular",
-            "pricing_model": "PMP",
-            "type": c.pricing_type,
-            "category": c.category,
-        });
-        if c.conversation {
-            let mut conv = json!({
-                "id": format!("{:032x}", fate::hash(0, c.wamid, 7)),
-                "origin": { "type": c.category },
-            });
-            if status == "sent" {
-                conv["expiration_timestamp"] = (ts + 86_400).to_string().into();
-            }
-            v["conversation"] = conv;
-        }
+    #[derive(Serialize)]
+    struct Pricing<'a> {
+        billable: bool,
+        pricing_model: &'static str,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        category: &'a str,
     }
-    if let Some(code) = error {
-        let (_, title) = graph_error::catalogue(code);
-        v["errors"] = json!([{
-            "code": code,
-            "title": title,
-            "message": title,
-            "error_data": { "details": graph_error::async_details(code) },
-            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
-        }]);
+    #[derive(Serialize)]
+    struct Conversation<'a> {
+        id: String,
+        origin: Origin<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expiration_timestamp: Option<String>,
     }
-    v
+    #[derive(Serialize)]
+    struct Origin<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+    }
+    #[derive(Serialize)]
+    struct StatusError {
+        code: i64,
+        title: &'static str,
+        message: &'static str,
+        error_data: ErrorData,
+        href: &'static str,
+    }
+    #[derive(Serialize)]
+    struct ErrorData {
+        details: &'static str,
+    }
+    let element = Element {
+        id: c.wamid,
+        status,
+        timestamp: ts.to_string(),
+        recipient_id: c.recipient,
+        biz_opaque_callback_data: c.callback,
+        pricing: priced.then_some(Pricing {
+            billable: c.pricing_type == "regular",
+            pricing_model: "PMP",
+            kind: c.pricing_type,
+            category: c.category,
+        }),
+        conversation: (priced && c.conversation).then(|| Conversation {
+            id: format!("{:032x}", fate::hash(0, c.wamid, 7)),
+            origin: Origin { kind: c.category },
+            expiration_timestamp: (status == "sent").then(|| (ts + 86_400).to_string()),
+        }),
+        errors: error.map(|code| {
+            let (_, title) = graph_error::catalogue(code);
+            [StatusError {
+                code,
+                title,
+                message: title,
+                error_data: ErrorData {
+                    details: graph_error::async_details(code),
+                },
+                href:
+                    "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+            }]
+        }),
+    };
+    let json =
+        serde_json::value::to_raw_value(&element).expect("a status element always serialises");
+    QueuedStatus {
+        wamid: c.wamid.to_string(),
+        json,
+    }
 }
 
 /// `v23.0` → 23; unknown formats count as current (no `conversation`).
@@ -1899,4 +1952,65 @@ async fn faults_post_handler(State(sim): State<Simulator>, body: Bytes) -> Respo
 async fn flush_handler(State(sim): State<Simulator>) -> Response {
     sim.flush_webhooks().await;
     Json(json!({ "success": true })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(conversation: bool) -> StatusCtx<'static> {
+        StatusCtx {
+            wamid: "wamid.X",
+            recipient: "5511987654321",
+            callback: Some("tc:7"),
+            category: "marketing",
+            pricing_type: "regular",
+            conversation,
+        }
+    }
+
+    fn element(c: &StatusCtx, status: &str, priced: bool, error: Option<i64>) -> Value {
+        let queued = status_element(c, status, 1_795_428_000, priced, error);
+        assert_eq!(queued.wamid, "wamid.X");
+        serde_json::from_str(queued.json.get()).unwrap()
+    }
+
+    /// The element Meta sends for a priced `sent` on Graph ≤ v23: pricing, the conversation
+    /// with its expiry a day later, the echoed callback data, a string timestamp.
+    #[test]
+    fn a_sent_status_element_carries_pricing_and_the_conversation() {
+        let c = ctx(true);
+        let conversation_id = format!("{:032x}", fate::hash(0, "wamid.X", 7));
+        assert_eq!(
+            element(&c, "sent", true, None),
+            json!({
+                "id": "wamid.X", "status": "sent", "timestamp": "1795428000",
+                "recipient_id": "5511987654321", "biz_opaque_callback_data": "tc:7",
+                "pricing": {"billable": true, "pricing_model": "PMP", "type": "regular", "category": "marketing"},
+                "conversation": {"id": conversation_id, "origin": {"type": "marketing"},
+                                 "expiration_timestamp": "1795514400"},
+            })
+        );
+        // A delivered one keeps the conversation without an expiry; v24 drops it.
+        let delivered = element(&c, "delivered", true, None);
+        assert!(delivered["conversation"]
+            .get("expiration_timestamp")
+            .is_none());
+        assert!(element(&ctx(false), "sent", true, None)
+            .get("conversation")
+            .is_none());
+    }
+
+    /// A `failed` element: no pricing, Meta's error with its title and details.
+    #[test]
+    fn a_failed_status_element_carries_the_error() {
+        let v = element(&ctx(true), "failed", false, Some(131026));
+        assert!(v.get("pricing").is_none() && v.get("conversation").is_none());
+        assert_eq!(v["errors"][0]["code"], 131026);
+        assert_eq!(
+            v["errors"][0]["error_data"]["details"],
+            graph_error::async_details(131026)
+        );
+        assert_eq!(v["errors"][0]["title"], graph_error::catalogue(131026).1);
+    }
 }

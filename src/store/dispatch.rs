@@ -496,7 +496,7 @@ impl Store {
         let n = padded_len(ids.len());
         retry_deadlocks(|| async {
             let mut tx = self.pool.begin().await?;
-            self.lock_in_order(&mut tx, "hopper", "inflight_attempt_id", &ids)
+            self.lock_in_order(&mut tx, Locked::HopperHolding, &ids)
                 .await?;
             let sql = self.bulk_sql(format!(
                 "UPDATE attempts SET status = 'failed', error_class = $1, error_text = $2, \
@@ -1090,8 +1090,7 @@ impl Store {
     ) -> StoreResult<()> {
         for chunk in rows.chunks(SETTLE_CHUNK) {
             let ids: Vec<i64> = chunk.iter().map(|r| r.attempt_id).collect();
-            self.lock_in_order(tx, "hopper", "inflight_attempt_id", &ids)
-                .await?;
+            self.lock_in_order(tx, Locked::HopperHolding, &ids).await?;
             let sql = self.bulk_sql(format!(
                 "WITH v (attempt_id, wamid, wa_id, now, deadline) AS (VALUES {}) \
                  UPDATE hopper SET state = 'pending', attempts = attempts + 1, wamid = v.wamid, \
@@ -1111,7 +1110,7 @@ impl Store {
                     .bind(r.response_deadline);
             }
             q.execute(&mut **tx).await?;
-            self.lock_in_order(tx, "attempts", "id", &ids).await?;
+            self.lock_in_order(tx, Locked::Attempts, &ids).await?;
             let sql = self.bulk_sql(format!(
                 "WITH v (attempt_id, wamid, now) AS (VALUES {}) \
                  UPDATE attempts SET status = 'accepted', wamid = v.wamid, finished_at = v.now \
@@ -1127,35 +1126,46 @@ impl Store {
         Ok(())
     }
 
-    /// PostgreSQL: locks the rows of `table` whose `column` is in `keys`, in primary-key order,
+    /// PostgreSQL: locks the rows `which` names for these attempt ids, in primary-key order,
     /// before a multi-row UPDATE (whose own lock order follows the plan). Every batch writer
     /// locks this way, so concurrent batches wait for each other instead of deadlocking.
     /// SQLite has one writer at a time and needs nothing.
     async fn lock_in_order(
         &self,
         tx: &mut Transaction<'static, Any>,
-        table: &str,
-        column: &str,
-        ids: &[i64],
+        which: Locked,
+        attempt_ids: &[i64],
     ) -> StoreResult<()> {
-        if self.backend != Backend::Postgres || ids.is_empty() {
+        if self.backend != Backend::Postgres || attempt_ids.is_empty() {
             return Ok(());
         }
+        let (table, column) = match which {
+            Locked::HopperHolding => ("hopper", "inflight_attempt_id"),
+            Locked::Attempts => ("attempts", "id"),
+        };
         let sql = format!(
             "SELECT id FROM {table} WHERE {column} IN ({}) ORDER BY id FOR UPDATE",
-            placeholders(1, padded_len(ids.len()))
+            placeholders(1, padded_len(attempt_ids.len()))
         );
-        let mut q = if table == "attempts" {
-            self.growing_table_query(&sql)
-        } else {
-            sqlx::query(&sql)
+        let mut q = match which {
+            Locked::Attempts => self.growing_table_query(&sql),
+            Locked::HopperHolding => sqlx::query(&sql),
         };
-        for id in padded(ids) {
+        for id in padded(attempt_ids) {
             q = q.bind(*id);
         }
         q.fetch_all(&mut **tx).await?;
         Ok(())
     }
+}
+
+/// The rows a batch writer locks, by attempt id, before it updates them.
+#[derive(Clone, Copy)]
+enum Locked {
+    /// The hopper rows holding those attempts in flight.
+    HopperHolding,
+    /// The attempts themselves (a growing table: planned per execution).
+    Attempts,
 }
 
 /// [`Store::claim_sql`] with its binds.

@@ -810,7 +810,7 @@ impl Dispatcher {
             // Sends waiting for their settle's group commit are still tasks here: room for
             // eight times `max_in_flight` lets the next requests start meanwhile (the HTTP
             // permits still bound them) and makes claims and commits larger, so SQLite's one
-            // connection changes hands less often: four times was 5 – 10 % slower in
+            // connection changes hands less often: four times was 5 – 14 % slower in
             // `tiercast bench --no-status-webhooks`, twice 9 – 16 % slower than four. One claim
             // takes at most a second of the line's throughput, so a slow line does not hold
             // rows it cannot send soon.

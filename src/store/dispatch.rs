@@ -42,8 +42,9 @@ pub struct ClaimGate<'a> {
     pub local_hours: Option<&'a LocalHours<'a>>,
 }
 
-/// A row claimed for sending, with what rendering needs.
-#[derive(Debug, Clone)]
+/// A row claimed for sending, with what rendering needs. On SQLite it is read from a JSON
+/// array of these fields in this order (`opened_rows_by_id`).
+#[derive(Debug, Clone, serde::Deserialize)]
 pub struct Claimed {
     pub hopper_id: i64,
     /// For logs: the contact's id, never its number.
@@ -380,8 +381,8 @@ impl Store {
         // `last_insert_rowid()` is this connection's, read in SQL: sqlx's `Any` driver does
         // not pass SQLite's on.
         let json: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(a.id, h.id, h.contact_id, h.attempts, \
-                    c.phone, c.name, c.email, json(c.fields))) \
+            "SELECT json_group_array(json_array(h.id, h.contact_id, a.id, a.campaign_id, \
+                    h.attempts, c.phone, c.name, c.email, json(c.fields))) \
              FROM attempts a JOIN hopper h ON h.id = a.hopper_id JOIN contacts c ON c.id = h.contact_id \
              WHERE a.id BETWEEN last_insert_rowid() - $1 + 1 AND last_insert_rowid() \
                AND a.campaign_id = $2 AND a.status = 'sending' AND a.started_at = $3",
@@ -391,44 +392,15 @@ impl Store {
         .bind(now)
         .fetch_one(&mut **tx)
         .await?;
-        type Row = (
-            i64,
-            i64,
-            i64,
-            i64,
-            String,
-            Option<String>,
-            Option<String>,
-            BTreeMap<String, String>,
-        );
-        let rows: Vec<Row> = serde_json::from_str(&json).map_err(|e| {
-            StoreError::Corrupt(format!("claimed rows of campaign {campaign_id}: {e}"))
-        })?;
-        if rows.len() as i64 != count {
+        let mut claimed: Vec<Claimed> =
+            json_rows(&json, &format!("claimed rows of campaign {campaign_id}"))?;
+        if claimed.len() as i64 != count {
             // The caller drops the transaction: the claim rolls back, nothing half-claimed.
             return Err(StoreError::Corrupt(format!(
                 "{} of {count} attempts just opened found with their row and contact",
-                rows.len()
+                claimed.len()
             )));
         }
-        let mut claimed: Vec<Claimed> = rows
-            .into_iter()
-            .map(
-                |(attempt_id, hopper_id, contact_id, attempts, phone, name, email, fields)| {
-                    Claimed {
-                        hopper_id,
-                        contact_id,
-                        attempt_id,
-                        campaign_id,
-                        attempts,
-                        phone,
-                        name,
-                        email,
-                        fields,
-                    }
-                },
-            )
-            .collect();
         claimed.sort_unstable_by_key(|c| c.hopper_id);
         Ok(claimed)
     }
@@ -860,20 +832,7 @@ impl Store {
                 q = q.bind(*w);
             }
             let json: String = q.fetch_one(&mut **tx).await?;
-            let rows: Vec<(i64, i64, i64, String, Option<String>)> = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Corrupt(format!("rows named by statuses: {e}")))?;
-            return Ok(rows
-                .into_iter()
-                .map(
-                    |(hopper_id, campaign_id, contact_id, wamid, status)| StatusRow {
-                        hopper_id,
-                        campaign_id,
-                        contact_id,
-                        wamid,
-                        status,
-                    },
-                )
-                .collect());
+            return json_rows(&json, "rows named by statuses");
         }
         let sql = format!(
             "SELECT id, campaign_id, contact_id, wamid, message_status FROM hopper \
@@ -1168,6 +1127,12 @@ enum Locked {
     Attempts,
 }
 
+/// The rows of an SQLite `json_group_array(json_array(…))`, each array read into `T` in its
+/// fields' order.
+fn json_rows<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> StoreResult<Vec<T>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
 /// [`Store::claim_sql`] with its binds.
 fn bound_claim<'q>(
     sql: &'q str,
@@ -1184,7 +1149,9 @@ fn bound_claim<'q>(
         .bind(now - PAIR_RATE_GAP)
 }
 
-/// A campaign row named by a batch of statuses, as read before they apply.
+/// A campaign row named by a batch of statuses, as read before they apply. On SQLite it is
+/// read from a JSON array of these fields in this order (`status_rows`).
+#[derive(serde::Deserialize)]
 struct StatusRow {
     hopper_id: i64,
     campaign_id: i64,

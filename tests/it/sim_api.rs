@@ -681,7 +681,7 @@ async fn verification_handshake_and_wa_id_normalisation() {
     assert_eq!(sim.ledger()[0].phone_number_id, "222");
 }
 
-/// Rough accept-path rate (debug build): `cargo test --test sim_api -- --ignored --nocapture`.
+/// Rough accept-path rate (debug build): `cargo test --test it bench_accept_path -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn bench_accept_path() {

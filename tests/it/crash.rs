@@ -40,12 +40,18 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
     eprintln!("kill -9 test seed {seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
 
-    let kills = 5;
+    // At least `kills` kills, and more (up to `max_kills`) until that many of them caught sends
+    // the provider had accepted and the daemon had not recorded: without such a kill the test
+    // would pass without exercising the case rule 7 is about.
+    let (kills, max_kills) = (5, 9);
     let mut killed_at_ledger = Vec::new();
+    let mut kills_catching_unrecorded = 0;
     // Per kill: sends the provider had accepted but the daemon had not recorded, and sends
     // claimed (attempt written) that never reached the provider.
     let (mut accepted_unrecorded, mut never_sent) = (HashSet::new(), HashSet::new());
-    for _ in 0..kills {
+    while killed_at_ledger.len() < kills
+        || (kills_catching_unrecorded < kills && killed_at_ledger.len() < max_kills)
+    {
         let mut daemon = rig.start_daemon();
         rig.wait_http(&rig.daemon_url("/healthz"), &daemon).await;
         let wait = rng.gen_range(300..1500);
@@ -64,16 +70,24 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
             })
             .collect();
         let store = Store::open(&rig.db_url).await.unwrap();
+        let mut caught = false;
         for id in store.inflight_attempt_ids().await.unwrap() {
             if reached.contains(&id) {
-                accepted_unrecorded.insert(id);
+                caught |= accepted_unrecorded.insert(id);
             } else {
                 never_sent.insert(id);
             }
         }
         store.close().await;
+        kills_catching_unrecorded += usize::from(caught);
     }
     let last_kill = started.elapsed();
+    assert!(
+        kills_catching_unrecorded >= 1,
+        "no kill of {} caught a send the provider accepted and the daemon had not recorded; \
+         the test proves nothing (ledger at each kill {killed_at_ledger:?})",
+        killed_at_ledger.len()
+    );
     assert!(
         killed_at_ledger.last().copied().unwrap_or(0) < contacts,
         "the campaign finished before the last kill; the test proves nothing: {killed_at_ledger:?}"
@@ -104,9 +118,10 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
     assert!(!attempts.contains_key("sending"), "{attempts:?}");
     eprintln!(
         "kill -9 test: ledger at each kill {killed_at_ledger:?}; at the kills \
-         {} sends accepted but unrecorded, {} claimed but unsent; \
-         last kill at {last_kill:?}, done at {:?}; attempts {attempts:?}; status {status}",
+         {} sends accepted but unrecorded ({kills_catching_unrecorded} of {} kills caught some), \
+         {} claimed but unsent; last kill at {last_kill:?}, done at {:?}; attempts {attempts:?}; status {status}",
         accepted_unrecorded.len(),
+        killed_at_ledger.len(),
         never_sent.len(),
         started.elapsed()
     );

@@ -21,3 +21,4 @@ mod sending;
 mod sim_api;
 mod tiers;
 mod webhook_corpus;
+mod webhook_fixtures;

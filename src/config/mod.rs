@@ -139,7 +139,6 @@ struct RawLine {
     time_group: Option<String>,
     out_of_hours_text: Option<String>,
     recontact_template: Option<RawTemplateRef>,
-    default_country: Option<String>,
     // Gupshup
     source: Option<String>,
     app_name: Option<String>,
@@ -332,7 +331,6 @@ pub struct Line {
     pub time_group: Option<String>,
     pub out_of_hours_text: Option<String>,
     pub recontact_template: Option<TemplateRef>,
-    pub default_country: Option<String>,
     pub source: Option<String>,
     pub app_name: Option<String>,
     pub app_id: Option<String>,
@@ -906,8 +904,6 @@ impl Validator<'_> {
                 .phone_number_id
                 .or_else(|| raw.source.clone())
                 .unwrap_or_else(|| format!("sim-{}", raw.name)),
-            default_country: self
-                .country(&format!("{key}.default_country"), raw.default_country)?,
             key,
             name: raw.name,
             provider,

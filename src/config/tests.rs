@@ -325,3 +325,14 @@ fn example_gupshup_line_parses_once_uncommented() {
     assert_eq!(l.provider, ProviderKind::Gupshup);
     assert_eq!(l.webhook_allow_ips.len(), 1);
 }
+
+#[test]
+fn a_line_has_no_default_country_imports_have_one() {
+    // Numbers are normalised when a list is imported, not per line: the key would be ignored.
+    let e = err(&BASE.replace(
+        "portfolio = \"acme\"\n",
+        "portfolio = \"acme\"\ndefault_country = \"BR\"\n",
+    ));
+    assert_eq!(e.key, "lines[0].default_country");
+    assert!(e.message.contains("unknown field"), "{e}");
+}

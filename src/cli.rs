@@ -134,8 +134,13 @@ pub enum Command {
         #[arg(long, default_value_t = 1)]
         daemons: usize,
         /// Measure webhook ingest instead: status webhooks posted to a daemon, BATCH statuses
-        /// per POST (1 = one status each; Meta batches up to 1000)
-        #[arg(long, value_name = "BATCH")]
+        /// per POST (1 = one status each; Meta batches up to 1000). One line, one daemon, no
+        /// send latency: the flags that shape a send run are refused with it
+        #[arg(
+            long,
+            value_name = "BATCH",
+            conflicts_with_all = ["lines", "daemons", "latency_ms", "no_status_webhooks"]
+        )]
         webhooks: Option<usize>,
         /// Delay the simulator adds to every send answer, in milliseconds (Meta's median is up
         /// to 250): shows how many requests in flight a line needs for its rate
@@ -324,7 +329,40 @@ pub fn load_config(global: &GlobalArgs) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Refuses a global flag the command would not read, rather than ignoring it.
+fn refuse_unread_globals(cli: &Cli) -> Result<(), CliError> {
+    let (command, config, database_url) = match cli.command {
+        // The demo's own SQLite file (under --dir) and the embedded example config, by design:
+        // it deletes and recreates its database, which must never be one the user named.
+        Command::Demo { .. } => ("demo", true, true),
+        // The bench writes its own config and its own contacts for every run.
+        Command::Bench { .. } => ("bench", true, false),
+        _ => return Ok(()),
+    };
+    let refused = |flag: &str, env: &str| {
+        CliError::Input(format!(
+            "`tiercast {command}` does not read {flag} (or {env}): it runs on its own {}",
+            if command == "demo" {
+                "SQLite file under --dir and the embedded example config"
+            } else {
+                "generated config and contacts (--database-url picks the database)"
+            }
+        ))
+    };
+    if config && cli.global.config.is_some() {
+        return Err(refused("--config", "TIERCAST_CONFIG"));
+    }
+    if database_url && cli.global.database_url.is_some() {
+        return Err(refused("--database-url", "TIERCAST_DATABASE_URL"));
+    }
+    Ok(())
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    refuse_unread_globals(&cli)?;
+    if let Command::Demo { dir } = &cli.command {
+        return crate::demo::run(dir).await.map_err(CliError::Failure);
+    }
     let config = load_config(&cli.global)?;
     let clock = SystemClock;
     match cli.command {
@@ -359,7 +397,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             campaign_action(&store, &clock, &config, action).await?;
             store.close().await;
         }
-        Command::Demo { dir } => crate::demo::run(&dir).await.map_err(CliError::Failure)?,
+        Command::Demo { .. } => unreachable!("the demo reads no config and ran above"),
         Command::Serve { listen } => {
             let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
             let daemon = serve::start(

@@ -324,3 +324,53 @@ async fn postgres_plans_stay_per_row_as_a_campaign_grows() {
         .unwrap();
     assert_eq!(cost, "1.1");
 }
+
+/// Flags a command would not read are refused with exit 2, never silently ignored.
+#[test]
+fn demo_and_bench_refuse_the_flags_they_would_ignore() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("TIERCAST_CONFIG")
+            .env_remove("TIERCAST_DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["demo", "--config", "mine.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`tiercast demo` does not read --config"),
+        "{err}"
+    );
+    let (code, err) = run(&["--database-url", "sqlite://mine.db", "demo"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("does not read --database-url"), "{err}");
+    assert!(
+        !dir.path().join("mine.db").exists() && !dir.path().join("tiercast-demo").exists(),
+        "a refused demo must touch nothing"
+    );
+    let (code, err) = run(&["bench", "--config", "mine.toml"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`tiercast bench` does not read --config"),
+        "{err}"
+    );
+    for flag in [
+        &["--lines", "3"][..],
+        &["--daemons", "2"],
+        &["--latency-ms", "5"],
+        &["--no-status-webhooks"],
+    ] {
+        let mut args = vec!["bench", "--webhooks", "10"];
+        args.extend_from_slice(flag);
+        let (code, err) = run(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{args:?}: {err}");
+    }
+}

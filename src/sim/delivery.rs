@@ -74,6 +74,10 @@ pub(crate) struct DeliveryStats {
     pub post_failures: AtomicU64,
     pub events_delivered: AtomicU64,
     pub events_dropped: AtomicU64,
+    /// Statuses posted a second time (the duplicate bodies of `duplicate_ratio`).
+    pub events_duplicated: AtomicU64,
+    /// Messages whose statuses one POST carried newest first (the `reorder` mode).
+    pub messages_reordered: AtomicU64,
 }
 
 /// Which queued items are not yet delivered (or given up on).
@@ -181,6 +185,11 @@ pub(crate) async fn run(
                 Some(Job::Sequence { url, headers, bodies, seq }) => {
                     let ratio = ctx.mode.duplicate_ratio.clamp(0.0, 1.0);
                     let duplicate = ratio > 0.0 && rng.gen_bool(ratio);
+                    if duplicate {
+                        ctx.stats
+                            .events_duplicated
+                            .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+                    }
                     spawn_sequence(&ctx, url, headers, bodies, duplicate, seq);
                 }
                 Some(Job::Nudge) => flush_all(&ctx, &mut rng, &mut buffers),
@@ -232,6 +241,9 @@ fn dispatch_statuses(
         }
         groups.shuffle(rng);
         for (_, mut g) in groups {
+            if g.len() > 1 {
+                ctx.stats.messages_reordered.fetch_add(1, Ordering::Relaxed);
+            }
             g.reverse();
             items.extend(g);
         }
@@ -246,6 +258,9 @@ fn dispatch_statuses(
     } else {
         Vec::new()
     };
+    ctx.stats
+        .events_duplicated
+        .fetch_add(dups.len() as u64, Ordering::Relaxed);
     let count = items.len();
     let seqs: Vec<u64> = items.iter().map(|(s, _)| *s).collect();
     let statuses: Vec<&RawValue> = items.iter().map(|(_, s)| &*s.json).collect();

@@ -442,6 +442,12 @@ impl Simulator {
         };
         if self.inner.cfg.webhooks.reorder {
             payloads.reverse();
+            if payloads.len() > 1 {
+                self.inner
+                    .dstats
+                    .messages_reordered
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
         payloads
             .into_iter()

@@ -226,6 +226,10 @@ pub struct SimStats {
     pub webhook_events_delivered: u64,
     pub webhook_events_dropped: u64,
     pub webhook_events_pending: u64,
+    /// Status events posted twice (`duplicate_ratio`).
+    pub webhook_events_duplicated: u64,
+    /// Messages whose statuses one POST carried newest first (`reorder`).
+    pub webhook_messages_reordered: u64,
     /// Send requests that met an injected fault, per fault.
     pub faults: FaultStats,
 }
@@ -512,6 +516,8 @@ impl Simulator {
             webhook_events_delivered: i.dstats.events_delivered.load(Ordering::Relaxed),
             webhook_events_dropped: i.dstats.events_dropped.load(Ordering::Relaxed),
             webhook_events_pending: i.tracker.pending() as u64,
+            webhook_events_duplicated: i.dstats.events_duplicated.load(Ordering::Relaxed),
+            webhook_messages_reordered: i.dstats.messages_reordered.load(Ordering::Relaxed),
             faults: i.fault_counters.snapshot(),
         }
     }

@@ -428,6 +428,12 @@ async fn wallet_balance_low_pauses_the_campaign() {
         s.paused_reason.as_deref().unwrap_or("").contains("1003"),
         "{s:?}"
     );
+    // The account's problem, not the contact's: the row is not closed, so the contact is
+    // still to be sent once the wallet is topped up and the campaign resumed.
+    let (state, outcome, _, _) = gs.row(&p[0]).await;
+    eprintln!("wallet low: row {state} {outcome:?}");
+    assert_ne!(state, "closed", "{outcome:?}");
+    assert_eq!(outcome, None);
     gs.daemon.shutdown().await;
 }
 
@@ -453,6 +459,10 @@ async fn duplicated_reordered_and_late_reports() {
     })
     .await;
     gs.settle().await;
+    // The disorder this test is about did happen: without it, it would prove nothing.
+    let stats = gs.sim.stats();
+    assert!(stats.webhook_events_duplicated > 0, "{stats:?}");
+    assert!(stats.webhook_messages_reordered > 0, "{stats:?}");
     assert_eq!((s.read, s.hopper["pending"]), (0, 6));
     for phone in &p {
         assert_eq!(gs.row(phone).await.3.as_deref(), Some("delivered"));

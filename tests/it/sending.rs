@@ -440,6 +440,10 @@ async fn statuses_stay_monotonic_under_duplicated_and_reordered_webhooks() {
     wait_for(&daemon, &config, "all sent", |s| s.sent == 30).await;
     settle(&daemon).await;
     settle(&daemon).await;
+    // The disorder this test is about did happen: without it, it would prove nothing.
+    let stats = sim.stats();
+    assert!(stats.webhook_events_duplicated > 0, "{stats:?}");
+    assert!(stats.webhook_messages_reordered > 0, "{stats:?}");
     let id = daemon
         .store
         .campaign_by_name("c")

@@ -237,7 +237,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let n = options.contacts as f64;
     let rate = n / elapsed;
     println!(
-        "bench: {} templates sent in {elapsed:.2}s = {rate:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS {} MiB; {}, {} line(s), {} daemon(s), {} in flight per line, {}",
+        "bench: {} templates sent in {elapsed:.2}s = {rate:.0} msg/s; daemon CPU {:.0} µs/msg ({:.2} cores); peak RSS of this process (daemon + import + load generator) {} MiB; {}, {} line(s), {} daemon(s), {} in flight per line, {}",
         options.contacts,
         cpu_used * 1e6 / n,
         cpu_used / elapsed,

@@ -2,27 +2,40 @@
 //! a time through a lease, the lines spread evenly across the daemons; when a daemon dies its
 //! lines are taken over after the lease expires; the simulator's ledger shows every one of
 //! 20,000 contacts sent exactly once.
+//!
+//! The daemons are real `tiercast serve` processes, and the one killed is killed with SIGKILL
+//! while it is known to hold lines (its lease holder names its pid).
 
 use crate::helpers::*;
-use std::sync::Arc;
+use crate::procs::{free_port, Proc};
 use std::time::{Duration, Instant};
 use tiercast::campaign;
-use tiercast::clock::{SharedClock, SystemClock};
+use tiercast::clock::SystemClock;
 use tiercast::config::Config;
 use tiercast::domain::CampaignCommand;
 use tiercast::import::{self, BytesSource, ImportOptions};
-use tiercast::serve::{self, ServeOptions};
 use tiercast::sim::{FateMix, SimConfig, SimLine, Simulator};
+use tiercast::store::Store;
 
 const LINES: usize = 4;
 const PER_LINE: usize = 5_000;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The lines each daemon process holds now (unexpired `line:` leases), by pid.
+async fn lines_by_pid(store: &Store, pids: &[u32]) -> Vec<(u32, usize)> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let holders: Vec<String> = sqlx::query_scalar(
+        "SELECT holder FROM leases WHERE name LIKE 'line:%' AND expires_at >= $1",
+    )
+    .bind(now)
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    pids.iter()
+        .map(|pid| {
+            let tag = format!("-{pid}-");
+            (*pid, holders.iter().filter(|h| h.contains(&tag)).count())
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,26 +73,41 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
              variables = {{ \"1\" = \"name\", \"2\" = \"literal:gold\", \"3\" = \"literal:5%\" }}\n"
         ));
     }
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("multi.toml");
+    std::fs::write(&config_path, &text).unwrap();
     let config = Config::parse(&text, "multi.toml").unwrap();
-    let clock: SharedClock = Arc::new(SystemClock);
-    let start = |port: Option<u16>| {
-        let config = config.clone();
-        let clock = clock.clone();
+    let store = Store::open(&db.url).await.unwrap();
+    let http = reqwest::Client::new();
+    let spawn = |name: &str, port: u16| {
+        Proc::spawn(
+            name,
+            &[
+                "--config".into(),
+                config_path.display().to_string(),
+                "serve".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+            ],
+            &dir.path().join(format!("{name}.log")),
+        )
+    };
+    let wait_healthy = |port: u16, name: &'static str| {
+        let http = http.clone();
         async move {
-            let listen = format!("127.0.0.1:{}", port.unwrap_or(0)).parse().unwrap();
-            serve::start(
-                config,
-                ServeOptions {
-                    listen: Some(listen),
-                    ..ServeOptions::new(clock)
-                },
-            )
-            .await
-            .unwrap()
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !http
+                .get(format!("http://127.0.0.1:{port}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                assert!(Instant::now() < deadline, "{name} never became healthy");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     };
-    // The first daemon starts alone and takes every line; the webhooks go to the second.
-    let first = start(None).await;
+
     for i in 0..LINES {
         let mut csv = String::from("phone,name\n");
         for k in 0..PER_LINE {
@@ -93,7 +121,7 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
             progress: false,
         };
         import::import(
-            &first.store,
+            &store,
             &SystemClock,
             &BytesSource {
                 name: "t".into(),
@@ -104,7 +132,7 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
         .await
         .unwrap();
         campaign::command(
-            &first.store,
+            &store,
             &SystemClock,
             &config,
             &format!("c{i}"),
@@ -113,54 +141,65 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
         .await
         .unwrap();
     }
-    let second = start(Some(webhook_port)).await;
-    let third = start(None).await;
 
-    // The first daemon took all four lines; with three daemons alive it hands two over, so no
-    // daemon drives more than ⌈4 / 3⌉ = 2.
+    // The first daemon starts alone and takes every line; the webhooks go to the second.
     let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let held: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT holder, COUNT(*) FROM leases WHERE name LIKE 'line:%' GROUP BY holder",
-        )
-        .fetch_all(second.store.pool())
-        .await
-        .unwrap();
-        let total: i64 = held.iter().map(|(_, n)| n).sum();
-        if total == LINES as i64 && held.iter().all(|(_, n)| *n <= 2) {
-            break;
+    let first_port = free_port();
+    let mut first = spawn("first", first_port);
+    wait_healthy(first_port, "first").await;
+    while lines_by_pid(&store, &[first.pid()]).await[0].1 < LINES {
+        assert!(Instant::now() < deadline, "{}", first.log_tail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = spawn("second", webhook_port);
+    let third_port = free_port();
+    let third = spawn("third", third_port);
+    wait_healthy(webhook_port, "second").await;
+    wait_healthy(third_port, "third").await;
+    let pids = [first.pid(), second.pid(), third.pid()];
+
+    // With three daemons alive the first hands lines over, so none drives more than
+    // ⌈4 / 3⌉ = 2.
+    let spread = loop {
+        let held = lines_by_pid(&store, &pids).await;
+        let total: usize = held.iter().map(|(_, n)| n).sum();
+        if total == LINES && held.iter().all(|(_, n)| *n <= 2) {
+            break held;
         }
         assert!(Instant::now() < deadline, "lines not spread: {held:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
 
-    // Kill the first daemon mid-run, without a goodbye: its tasks are aborted, its leases
-    // stay until they expire.
+    // Mid-run, SIGKILL the first daemon while it holds lines: no goodbye, its leases stay
+    // until they expire, and sends it had in flight are cut off.
     while sim.ledger_len() < 3_000 {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The first daemon is killed with the lines it drives then (two, unless a lease changed
-    // hands under load).
-    let first_holder = first.dispatcher.holder().to_string();
+    let held_at_kill = lines_by_pid(&store, &[first.pid()]).await[0].1;
+    assert!(
+        held_at_kill >= 1,
+        "the daemon to kill holds no line, so a takeover would prove nothing (spread {spread:?})"
+    );
+    let killed_pid = first.pid();
+    first.kill9();
     let killed_at = Instant::now();
-    drop(first);
+    let sent_at_kill = sim.ledger_len();
+    assert!(
+        sent_at_kill < LINES * PER_LINE,
+        "the campaigns finished before the kill; the takeover would prove nothing"
+    );
 
-    // Its lines are driven again within the lease time (2 s) plus a few seconds.
+    // Its lines are driven by the survivors within the lease time (2 s) plus a few seconds.
     loop {
-        let now = chrono::Utc::now().timestamp_millis();
-        let others: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM leases WHERE name LIKE 'line:%' AND holder <> $1 AND expires_at >= $2",
-        )
-        .bind(&first_holder)
-        .bind(now)
-        .fetch_one(second.store.pool())
-        .await
-        .unwrap();
-        if others == LINES as i64 {
+        let held = lines_by_pid(&store, &[second.pid(), third.pid()]).await;
+        if held.iter().map(|(_, n)| n).sum::<usize>() == LINES {
             break;
         }
-        assert!(Instant::now() < deadline, "lines not taken over");
+        assert!(
+            Instant::now() < deadline,
+            "lines of {killed_pid} not taken over: {held:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took_over = killed_at.elapsed();
@@ -169,7 +208,6 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
         "takeover took {took_over:?}"
     );
 
-    let store = second.store.clone();
     loop {
         let mut sent = 0;
         for i in 0..LINES {
@@ -187,7 +225,9 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
         }
         assert!(
             Instant::now() < deadline,
-            "only {sent} sent; lines not taken over"
+            "only {sent} sent; lines not taken over\n{}\n{}",
+            second.log_tail(),
+            third.log_tail()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -201,6 +241,9 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
     // A send cut off by the kill (accepted by the simulator, not yet recorded) is settled by
     // its status webhook, never sent twice.
     assert_eq!(total, LINES * PER_LINE, "no contact twice");
-    second.shutdown().await;
-    third.shutdown().await;
+    eprintln!(
+        "multi: spread {spread:?}; killed {killed_pid} holding {held_at_kill} line(s) at \
+         {sent_at_kill} sent; taken over in {took_over:?}"
+    );
+    store.close().await;
 }

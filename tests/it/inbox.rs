@@ -781,3 +781,40 @@ holidays = ["{}"]
     }
     daemon.shutdown().await;
 }
+
+/// Every template status that stops Meta from accepting the template pauses the campaigns
+/// using it, naming the status: DISABLED, REJECTED and DELETED as PAUSED above. A status
+/// that does not stop it (a quality flag) leaves the campaign running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabled_rejected_and_deleted_templates_pause_the_campaign() {
+    for event in ["DISABLED", "REJECTED", "DELETED", "FLAGGED"] {
+        let db = fresh_db().await;
+        let (daemon, config, _) = sent_campaign(&db, 1, Arc::new(SystemClock)).await;
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "time": 1795000000, "changes": [{"field": "message_template_status_update",
+            "value": {"event": event, "message_template_id": 1000000000000001_i64, "message_template_name": "renewal_reminder",
+                      "message_template_language": "pt-BR", "reason": "NONE"}}]}]})
+        .to_string();
+        assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200, "{event}");
+        if event == "FLAGGED" {
+            let s = campaign::status(
+                &daemon.store,
+                &SystemClock,
+                config.campaign("c").unwrap(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(s.state, CampaignState::Running, "{event}: {s:?}");
+        } else {
+            let s = wait_for(&daemon, &config, "paused", |s| {
+                s.state == CampaignState::Paused
+            })
+            .await;
+            assert!(
+                s.paused_reason.as_deref().unwrap_or("").contains(event),
+                "{event}: {:?}",
+                s.paused_reason
+            );
+        }
+        daemon.shutdown().await;
+    }
+}

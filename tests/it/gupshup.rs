@@ -749,3 +749,59 @@ async fn against_wiremock_with_handwritten_callbacks() {
     assert_eq!(s.answers.get("yes"), Some(&1), "{s:?}");
     daemon.shutdown().await;
 }
+
+/// Gupshup's opt-out signals end to end: a `user-event` `opted-out` and a `preference-event`
+/// marketing `stop`, each posted as Gupshup posts them, opt the contact out and close its row
+/// `opted_out`; a third contact is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_event_and_preference_event_opt_the_contact_out() {
+    let db = fresh_db().await;
+    let p = phones(3);
+    let gs = start_gs(&db, |_| {}).await;
+    gs.run_campaign(&p).await;
+    wait_for(&gs.daemon, &gs.config, "all sent", |s| {
+        s.hopper["pending"] == 3
+    })
+    .await;
+    gs.settle().await;
+
+    let user_event = json!({"app": "DemoApp", "timestamp": 1764000300000u64, "version": 2, "type": "user-event",
+        "payload": {"phone": p[0].trim_start_matches('+'), "type": "opted-out"}});
+    let preference = json!({"app": "DemoApp", "appId": APP_ID, "timestamp": 1764000400000u64, "version": 2,
+        "type": "preference-event", "payload": {"type": "user_preferences", "payload": {"user_preferences": [
+            {"wa_id": p[1].trim_start_matches('+'), "detail": "User requested to stop marketing messages",
+             "category": "marketing_messages", "value": "stop", "timestamp": 1764000399}]}}});
+    for body in [&user_event, &preference] {
+        assert_eq!(
+            post_callback(&gs.daemon.url(), "/webhooks/gupshup", Some(SECRET), body).await,
+            200
+        );
+    }
+    for phone in &p[..2] {
+        let contact = gs
+            .daemon
+            .store
+            .contact_by_phone(phone)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(contact.opted_out, "{phone}");
+        let (state, outcome, _, _) = gs.row(phone).await;
+        assert_eq!(
+            (state.as_str(), outcome.as_deref()),
+            ("closed", Some("opted_out")),
+            "{phone}"
+        );
+    }
+    assert_eq!(gs.row(&p[2]).await.0, "pending");
+    assert!(
+        !gs.daemon
+            .store
+            .contact_by_phone(&p[2])
+            .await
+            .unwrap()
+            .unwrap()
+            .opted_out
+    );
+    gs.daemon.shutdown().await;
+}

@@ -805,3 +805,57 @@ async fn user_event_and_preference_event_opt_the_contact_out() {
     );
     gs.daemon.shutdown().await;
 }
+
+/// v3 callbacks (Meta's envelope forwarded by Gupshup, with `gs_id` and `gs_app_id`) end to
+/// end: an `enqueued` and a `read` status keyed by our Gupshup id settle the row, and an
+/// inbound button tap quoting the WhatsApp id the `enqueued` taught closes it as answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v3_callbacks_settle_the_row_and_answer_it() {
+    let db = fresh_db().await;
+    let p = phones(1);
+    let gs = start_gs(&db, |_| {}).await;
+    // The simulator's own (v2) callbacks stay silent for this contact: only ours reach it.
+    gs.sim.force_fate(&p[0], Fate::NoWebhook);
+    gs.run_campaign(&p).await;
+    wait_for(&gs.daemon, &gs.config, "sent", |s| s.sent == 1).await;
+    let gs_id = gs.stored_id(&p[0]).await;
+    let to = p[0].trim_start_matches('+');
+    let wamid = "wamid.HBgMNTUxMTk4NzY1NDMyMRUCABEYEjQ2";
+    let envelope = |value: Value| {
+        json!({"object": "whatsapp_business_account", "gs_app_id": APP_ID,
+               "entry": [{"id": "112535025189792", "changes": [{"field": "messages", "value": value}]}]})
+    };
+    let metadata = json!({"display_phone_number": SOURCE, "phone_number_id": "158072934066266"});
+    let enqueued = envelope(
+        json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "statuses": [{"gs_id": gs_id, "id": wamid, "recipient_id": to, "status": "enqueued", "timestamp": 1764000010000u64}]}),
+    );
+    let read = envelope(
+        json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "statuses": [{"gs_id": gs_id, "id": wamid, "recipient_id": to, "status": "read", "timestamp": "1764000070"}]}),
+    );
+    for body in [&enqueued, &read] {
+        assert_eq!(
+            post_callback(&gs.daemon.url(), "/webhooks/gupshup", Some(SECRET), body).await,
+            200
+        );
+    }
+    assert_eq!(gs.row(&p[0]).await.3.as_deref(), Some("read"));
+
+    let tap = envelope(
+        json!({"messaging_product": "whatsapp", "metadata": metadata,
+        "contacts": [{"profile": {"name": "Ana"}, "wa_id": to}],
+        "messages": [{"from": to, "id": "wamid.IN_V3_TAP", "timestamp": "1764000100", "type": "button",
+                      "context": {"from": SOURCE, "id": wamid}, "button": {"payload": "YES", "text": "Yes"}}]}),
+    );
+    assert_eq!(
+        post_callback(&gs.daemon.url(), "/webhooks/gupshup", Some(SECRET), &tap).await,
+        200
+    );
+    let (state, outcome, answer, _) = gs.row(&p[0]).await;
+    assert_eq!(
+        (state.as_str(), outcome.as_deref(), answer.as_deref()),
+        ("closed", Some("answered"), Some("YES"))
+    );
+    gs.daemon.shutdown().await;
+}

@@ -859,3 +859,55 @@ async fn v3_callbacks_settle_the_row_and_answer_it() {
     );
     gs.daemon.shutdown().await;
 }
+
+/// Gupshup's 429 `Too Many Requests` slows the line down and requeues the contact without
+/// spending an attempt: the app takes 20 msg/s while the line is set to 200, and every
+/// contact still gets exactly one template, none closed as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_slows_the_line_and_spends_no_attempt() {
+    let db = fresh_db().await;
+    let p = phones(60);
+    let gs = start_gs(&db, |c| c.gupshup_apps[0].throughput_mps = 20).await;
+    gs.run_campaign(&p).await;
+    let s = wait_for(&gs.daemon, &gs.config, "all sent", |s| s.sent == 60).await;
+    let stats = gs.sim.stats();
+    assert!(
+        stats.rejected_by_code.get(&429).copied().unwrap_or(0) > 0,
+        "the app never answered 429, so nothing was proved: {stats:?}"
+    );
+    let pacer = &gs.daemon.lines["gs"].pacer;
+    assert!(
+        pacer.current() < pacer.max(),
+        "429 did not slow the line: {} of {}",
+        pacer.current(),
+        pacer.max()
+    );
+    let mut to: Vec<String> = gs.sim.ledger().into_iter().map(|e| e.to).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), 60, "every contact once");
+    assert_eq!(gs.sim.ledger().len(), 60, "none twice");
+    assert_eq!(s.outcomes.get("failed").copied().unwrap_or(0), 0, "{s:?}");
+    let id = gs
+        .daemon
+        .store
+        .campaign_by_name("c")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let mut attempts = Vec::new();
+    gs.daemon
+        .store
+        .report_rows(id, |r| {
+            attempts.push(r.attempts);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(
+        attempts.iter().all(|&a| a == 1),
+        "a 429 spent an attempt: {attempts:?}"
+    );
+    gs.daemon.shutdown().await;
+}

@@ -623,14 +623,11 @@ async fn ip_allow_list() {
     }
 }
 
-/// Against wiremock as Gupshup: the daemon's requests and hand-written v2 callbacks.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn against_wiremock_with_handwritten_callbacks() {
+/// Mounts Gupshup's template list on a wiremock server (one approved template with three
+/// variables and two quick replies, as `gupshup_config`'s campaign needs); returns its id.
+async fn mount_template_list(server: &wiremock::MockServer) -> &'static str {
     use wiremock::matchers::{header, method, path};
-    use wiremock::{Mock, MockServer, ResponseTemplate};
-    let db = fresh_db().await;
-    set_env();
-    let server = MockServer::start().await;
+    use wiremock::{Mock, ResponseTemplate};
     let template_uuid = "c6aecef6-bcb0-4fb1-8100-28c094e3bc6b";
     Mock::given(method("GET"))
         .and(path(format!("/wa/app/{APP_ID}/template").as_str()))
@@ -645,8 +642,20 @@ async fn against_wiremock_with_handwritten_callbacks() {
                     "buttons": [{"type":"QUICK_REPLY","text":"YES"},{"type":"QUICK_REPLY","text":"STOP"}]}).to_string()
             }]
         })))
-        .mount(&server)
+        .mount(server)
         .await;
+    template_uuid
+}
+
+/// Against wiremock as Gupshup: the daemon's requests and hand-written v2 callbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn against_wiremock_with_handwritten_callbacks() {
+    use wiremock::matchers::{header, method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let db = fresh_db().await;
+    set_env();
+    let server = MockServer::start().await;
+    let template_uuid = mount_template_list(&server).await;
     Mock::given(method("POST"))
         .and(path("/wa/api/v1/template/msg"))
         .and(header("apikey", KEY))
@@ -910,4 +919,80 @@ async fn too_many_requests_slows_the_line_and_spends_no_attempt() {
         "a 429 spent an attempt: {attempts:?}"
     );
     gs.daemon.shutdown().await;
+}
+
+/// A callback that beats the send's own HTTP answer (Gupshup pushes `sent` and `delivered`
+/// while its answer to the send is still on the way) is looked at again, not lost: once the
+/// answer names the message, the row shows `delivered`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_before_the_send_answer_is_not_lost() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let db = fresh_db().await;
+    set_env();
+    let server = MockServer::start().await;
+    mount_template_list(&server).await;
+    let message_id = "0f1e2d3c-0000-4000-8000-00000000beef";
+    Mock::given(method("POST"))
+        .and(path("/wa/api/v1/template/msg"))
+        .respond_with(
+            ResponseTemplate::new(202)
+                .set_body_json(json!({"status": "submitted", "messageId": message_id}))
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&server)
+        .await;
+    let config = Config::parse(&gupshup_config(&db.url, &server.uri(), ""), "test.toml").unwrap();
+    let daemon = serve::start(
+        config.clone(),
+        ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::new(Arc::new(SystemClock) as SharedClock)
+        },
+    )
+    .await
+    .unwrap();
+    let phone = "+919876543210";
+    crate::sending::load(&daemon, &[phone.to_string()]).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    // The send has reached "Gupshup", whose answer is 1.5 s away: the callbacks go first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.url.path() != "/wa/api/v1/template/msg")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no send reached the fake Gupshup"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let posted_at = std::time::Instant::now();
+    for (kind, ts) in [("sent", 1764000050), ("delivered", 1764000060)] {
+        let body = json!({"app": "DemoApp", "timestamp": 1764000060000u64, "version": 2, "type": "message-event",
+            "payload": {"id": "gBEGkZUTIXZ0AgWAMIDbeef", "gsId": message_id, "type": kind,
+                        "destination": "919876543210", "payload": {"ts": ts}}});
+        assert_eq!(
+            post_callback(&daemon.url(), "/webhooks/gupshup", Some(SECRET), &body).await,
+            200
+        );
+    }
+    assert!(
+        posted_at.elapsed() < Duration::from_millis(1500),
+        "the callbacks did not beat the answer; the test proves nothing"
+    );
+    let s = wait_for(&daemon, &config, "delivered", |s| s.delivered == 1).await;
+    assert_eq!(s.sent, 1);
+    daemon.shutdown().await;
 }

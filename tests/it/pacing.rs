@@ -400,6 +400,50 @@ async fn fair_share_between_two_campaigns() {
     daemon.shutdown().await;
 }
 
+/// `weight` shares the line in proportion: with weights 3 and 1, once both campaigns send,
+/// the heavier one takes about three quarters of the sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_share_the_line_in_proportion() {
+    let db = fresh_db().await;
+    let clock = ManualClock::new(monday_10_utc());
+    let text = main_line_config(
+        &db.url,
+        "tier = \"1k\"\nthroughput_mps = 100\nmax_in_flight = 8",
+        &[
+            campaign_on_main(
+                "heavy",
+                "heavy",
+                &[r#"response_timeout = "1h""#, "weight = 3"],
+            ),
+            campaign_on_main("light", "light", &[r#"response_timeout = "1h""#]),
+        ]
+        .concat(),
+    );
+    let (daemon, cfg) = start(&text, &clock, all_delivered).await;
+    let sim = daemon.simulator.clone().unwrap();
+    let heavy = phones("+5511977", 300);
+    let light = phones("+5511978", 300);
+    load_list(&daemon, "heavy", &heavy).await;
+    load_list(&daemon, "light", &light).await;
+    begin(&daemon, &clock, &cfg, "light").await;
+    begin(&daemon, &clock, &cfg, "heavy").await;
+    wait_status(&daemon, &clock, &cfg, "heavy", |s| s.sent == 300).await;
+    let ledger = sim.ledger();
+    // From the first send of the campaign started second, the next 120 sends.
+    let from = ledger
+        .iter()
+        .position(|e| heavy.contains(&e.to))
+        .expect("heavy sent");
+    let window = &ledger[from..(from + 120).min(ledger.len())];
+    let to_heavy = window.iter().filter(|e| heavy.contains(&e.to)).count();
+    assert_eq!(window.len(), 120);
+    assert!(
+        (75..=105).contains(&to_heavy),
+        "weight 3 against 1 gave the heavy campaign {to_heavy} of 120 sends"
+    );
+    daemon.shutdown().await;
+}
+
 /// The pair rate: a claim leaves a contact alone for 6 s after the line's last message to it,
 /// and a 131056 delays that contact only, 4^n s, spending no attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -374,3 +374,70 @@ fn demo_and_bench_refuse_the_flags_they_would_ignore() {
         assert!(err.contains("cannot be used with"), "{args:?}: {err}");
     }
 }
+
+/// `tiercast tier status` reads the portfolio's use from the database the daemon wrote: the
+/// limit, the distinct users in 24 h and 7 days, and how far the next tier is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tier_status_shows_the_portfolio_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_db().await;
+    let db_url = db.url.clone();
+    let text = format!(
+        r#"[server]
+database_url = "{db_url}"
+
+[[portfolios]]
+name = "acme"
+tier = "250"
+
+[[lines]]
+name = "main"
+provider = "simulator"
+portfolio = "acme"
+throughput_mps = 200
+
+[[campaigns]]
+name = "c"
+line = "main"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }}
+"#
+    );
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let (daemon, config) = crate::sending::start(&db, &text, crate::sending::all_delivered).await;
+    crate::sending::load(&daemon, &crate::sending::numbers(30)).await;
+    campaign::command(
+        &daemon.store,
+        &tiercast::clock::SystemClock,
+        &config,
+        "c",
+        Cmd::Start,
+    )
+    .await
+    .unwrap();
+    crate::sending::wait_for(&daemon, &config, "all sent", |s| s.sent == 30).await;
+    daemon.shutdown().await;
+
+    let out = std::process::Command::new(binary())
+        .args(["--config", cfg.to_str().unwrap(), "tier", "status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("portfolio acme: tier 250"), "{stdout}");
+    assert!(
+        stdout.contains("used in 24 h: 30 of 250; distinct users in 7 days: 30"),
+        "{stdout}"
+    );
+    // Half of 250, rounded up, is 125: 95 more distinct users qualify.
+    assert!(
+        stdout.contains("upgrade: 95 more distinct users within 7 days qualify for"),
+        "{stdout}"
+    );
+}

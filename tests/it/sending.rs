@@ -655,6 +655,45 @@ async fn throughput_upgrade_webhook_raises_a_following_line_to_1000() {
     daemon.shutdown().await;
 }
 
+/// The throughput level read from the phone number's API (`throughput.level = HIGH`, as the
+/// tier refresh reads it at start and every `tier_refresh`) raises a line that follows
+/// upgrades to 1,000 msg/s, and leaves a line that does not follow at its setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_level_high_from_the_api_raises_only_a_following_line() {
+    for follow in [true, false] {
+        let db = fresh_db().await;
+        let cfg = config_text(&db.url, 80, "renewal_reminder", "").replace(
+            "max_in_flight = 16",
+            &format!("max_in_flight = 16\nfollow_throughput_upgrades = {follow}"),
+        );
+        // The simulated number is unthrottled, which its API reports as level HIGH.
+        let (daemon, config) = start(&db, &cfg, |sim| {
+            for line in &mut sim.phone_numbers {
+                line.throughput_mps = 0;
+            }
+        })
+        .await;
+        let portfolio = config.portfolio(&config.lines[0].portfolio).unwrap();
+        tiercast::tiers::refresh_from_provider(
+            &daemon.store,
+            &config,
+            &daemon.lines,
+            portfolio,
+            tiercast::clock::Clock::now_millis(&SystemClock),
+        )
+        .await
+        .unwrap();
+        let pacer = &daemon.lines["main"].pacer;
+        let want = if follow { 1000 } else { 80 };
+        assert_eq!(
+            (pacer.max(), pacer.current()),
+            (want, want),
+            "follow = {follow}"
+        );
+        daemon.shutdown().await;
+    }
+}
+
 /// The cron retry run: `tiercast retry` makes waiting retries due and, with no daemon
 /// running, sends them itself; other rows are not touched (nothing sent twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

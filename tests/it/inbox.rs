@@ -837,3 +837,91 @@ async fn disabled_rejected_and_deleted_templates_pause_the_campaign() {
         daemon.shutdown().await;
     }
 }
+
+/// An inbound message delivered twice (Meta retries, or a duplicate) is stored once and opens
+/// one conversation; a keyword opt-out inside the window gets `opt_out_confirmation`; and
+/// Meta's `user_preferences` "resume" does not lift an opt-out the contact asked for by
+/// keyword.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_once_by_wamid_confirmation_and_resume_keeps_a_keyword_opt_out() {
+    let db = fresh_db().await;
+    let text = inbox_config(&db.url, "")
+        + "\n[inbox]\nopt_out_confirmation = \"Done: you will hear from us no more.\"\n";
+    let (daemon, config) = start_with(&db, &text, Arc::new(SystemClock)).await;
+    let p = numbers(2);
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "sent", |s| s.hopper["pending"] == 2).await;
+    settle(&daemon).await;
+    let pnid = daemon.config.lines[0].phone_number_id.clone();
+    let envelope = |value: Value| {
+        json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{"field": "messages", "value": value}]}]})
+        .to_string()
+    };
+    let wa = |p: &str| p.trim_start_matches('+').to_string();
+
+    // The same free-text message, posted twice.
+    let now = chrono::Utc::now().timestamp().to_string();
+    let message = envelope(json!({"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "1", "phone_number_id": pnid},
+        "contacts": [{"wa_id": wa(&p[0]), "profile": {"name": "X"}}],
+        "messages": [{"from": wa(&p[0]), "id": "wamid.ONCE", "timestamp": now, "type": "text",
+                      "text": {"body": "Can you call me tomorrow?"}}]}));
+    for _ in 0..2 {
+        assert_eq!(
+            post_signed_webhook(&daemon.url(), message.clone()).await,
+            200
+        );
+    }
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM messages WHERE direction = 'in' AND wamid = 'wamid.ONCE'",
+    )
+    .fetch_one(daemon.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(stored, 1, "stored once");
+    let (_, list) = api(&daemon, "GET", "/api/interactions", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // The second contact opts out by keyword, inside its window: confirmed by text.
+    inject(&daemon, inbound(&p[1], "text", "PARAR", None)).await;
+    wait_opted_out(&daemon, &p[1], true).await;
+    let sim = daemon.simulator.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !sim
+        .ledger()
+        .iter()
+        .any(|e| e.to == p[1] && e.text.as_deref() == Some("Done: you will hear from us no more."))
+    {
+        assert!(std::time::Instant::now() < deadline, "no confirmation sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Meta's "resume" for that contact: the keyword opt-out is the contact's own word, kept.
+    let resume = json!({"object": "whatsapp_business_account", "entry": [{"id": "w", "changes": [{"field": "user_preferences", "value": {
+        "messaging_product": "whatsapp", "metadata": {"display_phone_number": "1", "phone_number_id": pnid},
+        "contacts": [{"wa_id": wa(&p[1]), "profile": {"name": "X"}}],
+        "user_preferences": [{"wa_id": wa(&p[1]), "detail": "User requested to resume marketing messages",
+            "category": "marketing_messages", "value": "resume", "timestamp": 1795000000}]}}]}]})
+    .to_string();
+    assert_eq!(post_signed_webhook(&daemon.url(), resume).await, 200);
+    assert!(
+        daemon
+            .store
+            .contact_by_phone(&p[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .opted_out,
+        "resume lifted a keyword opt-out"
+    );
+    daemon.shutdown().await;
+}

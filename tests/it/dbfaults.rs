@@ -93,8 +93,29 @@ async fn sqlite_locked_past_the_busy_timeout_mid_campaign_is_survived() {
         Duration::from_secs(40),
     )
     .await;
+    // A webhook that must be written while the database cannot be (a message from a number
+    // outside the campaign, so the campaign's rows stay as they are): 503, so Meta retries
+    // it; the same body once the lock is gone: 200.
+    let inbound = serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "w",
+        "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "1", "phone_number_id": "sim-main"},
+            "contacts": [{"wa_id": "5511999990000", "profile": {"name": "X"}}],
+            "messages": [{"from": "5511999990000", "id": "wamid.DURING_LOCK",
+                "timestamp": chrono::Utc::now().timestamp().to_string(), "type": "text",
+                "text": {"body": "are you there?"}}]}}]}]})
+    .to_string();
+    let url = rig.daemon_url("");
+    assert_eq!(
+        crate::helpers::post_signed_webhook(&url, inbound.clone()).await,
+        503,
+        "a webhook the daemon could not store was answered as taken"
+    );
     sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
     conn.close().await.unwrap();
+    assert_eq!(
+        crate::helpers::post_signed_webhook(&url, inbound).await,
+        200
+    );
     assert!(
         locked_at < rig.phones.len(),
         "the campaign finished before the lock; the test proves nothing"

@@ -504,7 +504,8 @@ variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
         .count();
     assert_eq!(to_p0, 1, "only the template of the first campaign");
 
-    // "resume" lifts Meta's marketing opt-out (and only that kind).
+    // "resume" lifts Meta's marketing opt-out; that it lifts only that kind is shown by
+    // `inbound_once_by_wamid_confirmation_and_resume_keeps_a_keyword_opt_out`.
     sim.inject_user_preference(PreferenceSpec {
         phone_number_id: None,
         wa_id: p[0].clone(),

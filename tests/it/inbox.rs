@@ -637,7 +637,11 @@ variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // A pass over the line now finds nothing it may send: the two held contacts are neither
+    // claimed by it nor by the daemon's own loop (a claimed row would be in flight or sent).
+    let pass = daemon.dispatcher.dispatch_once("main", 100).await.unwrap();
+    assert_eq!(pass.claimed, 0, "{pass:?}");
+    assert_eq!(daemon.store.inflight_rows().await.unwrap(), 0);
     assert_eq!(row_of(&daemon, &p[0], "c2").await.0, "fresh");
     assert_eq!(row_of(&daemon, &p[2], "c2").await.0, "fresh");
     let (_, list) = api(&daemon, "GET", "/api/interactions?state=open", None).await;

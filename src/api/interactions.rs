@@ -25,8 +25,9 @@ impl IntoResponse for AgentError {
         let (status, code) = match &self {
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::WindowExpired => (StatusCode::CONFLICT, "window_expired"),
-            AgentError::NoRecontactTemplate | AgentError::Template(_) => {
-                (StatusCode::CONFLICT, "no_recontact_template")
+            AgentError::NoRecontactTemplate(_) => (StatusCode::CONFLICT, "no_recontact_template"),
+            AgentError::Template(_) | AgentError::Unfillable { .. } => {
+                (StatusCode::CONFLICT, "recontact_template_unusable")
             }
             AgentError::UnknownLine(_) => (StatusCode::CONFLICT, "unknown_line"),
             AgentError::TierSpent => (StatusCode::CONFLICT, "tier_spent"),
@@ -62,8 +63,14 @@ pub(super) async fn read(State(state): State<ApiState>, Path(id): Path<i64>) -> 
             .await?
             .ok_or(AgentError::NotFound(id))?;
         let messages = store.interaction_messages(id).await?;
+        // The template the contact is answering: its campaign's.
+        let template = match i.campaign.as_deref().and_then(|c| state.config.campaign(c)) {
+            Some(c) => json!({ "name": c.template.name, "language": c.template.language }),
+            None => serde_json::Value::Null,
+        };
         let mut body = serde_json::to_value(i).unwrap_or_default();
         body["messages"] = serde_json::to_value(messages).unwrap_or_default();
+        body["template"] = template;
         Ok::<_, AgentError>(body)
     }
     .await;

@@ -3,14 +3,15 @@
 //! response timeouts; what agents do through the API (reply inside the window, recontact).
 
 use super::Inbox;
-use crate::config::{AnswerAction, Campaign, TemplateRef};
+use crate::config::{AnswerAction, Campaign, Config, ConfigError, TemplateRef};
 use crate::domain::template::{CompiledMapping, ContactFields};
 use crate::domain::text::normalize;
 use crate::domain::{CampaignState, Outcome};
 use crate::metrics as m;
 use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{InteractionRow, OutboundMessage, StoreError, TierBudget};
+use crate::store::{InteractionRow, OutboundMessage, Store, StoreError, TierBudget};
 use crate::webhook::{InboundKind, InboundMessage};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +20,15 @@ pub enum AgentError {
     NotFound(i64),
     #[error("the customer-service window is closed (the contact last wrote more than 24 h ago); send the recontact template")]
     WindowExpired,
-    #[error("no recontact template is configured for this campaign or line")]
-    NoRecontactTemplate,
+    /// Says which of the interaction's campaign and its line lacks one.
+    #[error("{0}")]
+    NoRecontactTemplate(String),
+    /// The template is not synced or not approved.
     #[error("the recontact template cannot be sent: {0}")]
     Template(String),
+    /// A placeholder without a mapping, or a feature tiercast cannot fill; names the key to set.
+    #[error("the recontact template {template} cannot be filled: {why}")]
+    Unfillable { template: String, why: String },
     #[error("line {0:?} is not configured")]
     UnknownLine(String),
     #[error("the portfolio's messaging limit is spent for now; the next slot opens within 24 h")]
@@ -155,6 +161,20 @@ impl Inbox {
             }
             return Ok(());
         }
+        // An opt-in keyword lifts an opt-out the contact made; a contact an admin opted out, or
+        // one not opted out at all, goes on as any reply would (a person sees it).
+        if reading.kind == "text"
+            && reading
+                .text
+                .is_some_and(|t| self.opt_in_keywords.contains(&normalize(t)))
+            && self.store.remove_contact_opt_out(&phone).await?
+        {
+            tracing::info!(source = "keyword", "contact opted back in");
+            if let Some(confirmation) = self.config.inbox.opt_in_confirmation.clone() {
+                self.send_text_in_background(&line, &phone, confirmation, None);
+            }
+            return Ok(());
+        }
 
         // A reply may quote our message by another id than the stored one (Gupshup without
         // `gsId`: the WhatsApp id).
@@ -167,9 +187,15 @@ impl Inbox {
             ),
             None => None,
         };
+        let lookback = self.config.inbox.reply_lookback.as_millis() as i64;
         let target = self
             .store
-            .reply_target(&line, &phone, context.as_deref())
+            .reply_target(
+                &line,
+                &phone,
+                context.as_deref(),
+                at.saturating_sub(lookback),
+            )
             .await?;
         let now = self.clock.now_millis();
         let mut interaction = None;
@@ -501,16 +527,8 @@ impl Inbox {
     /// allowed whatever the window.
     pub async fn agent_recontact(&self, id: i64) -> Result<(), AgentError> {
         let i = self.agent_interaction(id).await?;
-        let campaign: Option<&Campaign> =
-            i.campaign.as_deref().and_then(|n| self.config.campaign(n));
-        let template: TemplateRef = campaign
-            .and_then(|c| c.recontact_template.clone())
-            .or_else(|| {
-                self.config
-                    .line(&i.line)
-                    .and_then(|l| l.recontact_template.clone())
-            })
-            .ok_or(AgentError::NoRecontactTemplate)?;
+        let choice = recontact_choice(&self.config, i.campaign.as_deref(), &i.line)?;
+        let template = choice.template;
         let def = self
             .store
             .template(&i.line, &template.name, &template.language)
@@ -527,9 +545,11 @@ impl Inbox {
                 def.name, def.language, def.status
             )));
         }
-        let variables = campaign.map(|c| c.variables.clone()).unwrap_or_default();
-        let mapping = CompiledMapping::new(&def, &variables)
-            .map_err(|e| AgentError::Template(e.to_string()))?;
+        let mapping =
+            CompiledMapping::new(&def, choice.variables).map_err(|e| AgentError::Unfillable {
+                template: format!("{} ({})", template.name, template.language),
+                why: format!("{e} (in {})", choice.variables_key),
+            })?;
         let contact = self.store.contact_by_phone(&i.phone).await?;
         let fields = ContactFields {
             phone: i.phone.clone(),
@@ -539,7 +559,10 @@ impl Inbox {
         };
         let components = mapping
             .render(&fields)
-            .map_err(|e| AgentError::Template(e.to_string()))?;
+            .map_err(|e| AgentError::Unfillable {
+                template: format!("{} ({})", template.name, template.language),
+                why: format!("{e} for this contact (in {})", choice.variables_key),
+            })?;
         let rt = self
             .lines
             .get(&i.line)
@@ -576,6 +599,108 @@ impl Inbox {
             .await?;
         Ok(())
     }
+}
+
+/// The recontact template an interaction uses and the mapping that fills it: the campaign's
+/// template with the campaign's `variables`, else the line's with its `recontact_variables`.
+struct RecontactChoice<'c> {
+    template: &'c TemplateRef,
+    variables: &'c BTreeMap<String, String>,
+    /// The config key of `variables`, for error messages.
+    variables_key: String,
+}
+
+fn recontact_choice<'c>(
+    config: &'c Config,
+    campaign: Option<&str>,
+    line: &str,
+) -> Result<RecontactChoice<'c>, AgentError> {
+    let configured: Option<&Campaign> = campaign.and_then(|n| config.campaign(n));
+    if let Some(c) = configured {
+        if let Some(template) = &c.recontact_template {
+            return Ok(RecontactChoice {
+                template,
+                variables: &c.variables,
+                variables_key: format!("{}.variables", c.key),
+            });
+        }
+    }
+    let Some(line_cfg) = config.line(line) else {
+        return Err(AgentError::UnknownLine(line.to_string()));
+    };
+    if let Some(r) = &line_cfg.recontact {
+        return Ok(RecontactChoice {
+            template: &r.template,
+            variables: &r.variables,
+            variables_key: format!("{}.recontact_variables", line_cfg.key),
+        });
+    }
+    let whose = match (campaign, configured) {
+        (None, _) => "this interaction has no campaign (the contact wrote first)".to_string(),
+        (Some(name), None) => format!("campaign {name} is no longer in the configuration"),
+        (Some(name), Some(_)) => format!("campaign {name} has no recontact_template"),
+    };
+    Err(AgentError::NoRecontactTemplate(format!(
+        "{whose}, and line {line} has no recontact_template either"
+    )))
+}
+
+/// Refuses a configuration whose recontact templates cannot be filled, at start rather than
+/// when an agent clicks: each line's template against its `recontact_variables`, each
+/// campaign's against its `variables`, as synced on the line. A template not synced (or not
+/// approved) yet is only logged: it may be approved later, and recontact then says so.
+pub async fn check_recontact_templates(config: &Config, store: &Store) -> anyhow::Result<()> {
+    let mut checks = Vec::new();
+    for l in &config.lines {
+        if let Some(r) = &l.recontact {
+            let mapping_key = format!("{}.recontact_variables", l.key);
+            checks.push((
+                &l.name,
+                &r.template,
+                &r.variables,
+                r.key.clone(),
+                r.file_line,
+                mapping_key,
+            ));
+        }
+    }
+    for c in &config.campaigns {
+        if let Some(t) = &c.recontact_template {
+            let key = format!("{}.recontact_template", c.key);
+            let mapping_key = format!("{}.variables", c.key);
+            checks.push((
+                &c.line,
+                t,
+                &c.variables,
+                key,
+                c.recontact_file_line,
+                mapping_key,
+            ));
+        }
+    }
+    for (line, template, variables, key, file_line, mapping_key) in checks {
+        let Some(def) = store
+            .template(line, &template.name, &template.language)
+            .await?
+        else {
+            tracing::warn!(line = %line, template = %template.name, language = %template.language, key = %key,
+                "recontact template is not synced on the line; recontact will refuse until it is");
+            continue;
+        };
+        if let Err(e) = CompiledMapping::new(&def, variables) {
+            return Err(ConfigError {
+                file: config.source.clone(),
+                line: file_line,
+                key,
+                message: format!(
+                    "{} ({}) cannot be filled: {e} in {mapping_key}",
+                    template.name, template.language
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The answer a reply picks: a configured key equal to the button payload, the button text or

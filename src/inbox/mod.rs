@@ -27,7 +27,7 @@ mod replies;
 /// Looks at an unmatched Gupshup status again after 0.25, 0.5, 1 and 2 s.
 const UNMATCHED_RETRIES: u32 = 4;
 
-pub use replies::{check_recontact_templates, AgentError};
+pub use replies::{check_recontact_templates, AgentError, AgentReply};
 
 #[derive(Clone)]
 pub struct Inbox {

@@ -8,7 +8,7 @@ use crate::domain::template::{CompiledMapping, ContactFields};
 use crate::domain::text::normalize;
 use crate::domain::{CampaignState, Outcome};
 use crate::metrics as m;
-use crate::provider::{Provider, SendError, TemplateMessage};
+use crate::provider::{Media, Provider, SendError, TemplateMessage};
 use crate::store::{InteractionRow, OutboundMessage, Store, StoreError, TierBudget};
 use crate::webhook::{InboundKind, InboundMessage};
 use std::collections::BTreeMap;
@@ -37,6 +37,14 @@ pub enum AgentError {
     Provider(#[from] SendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an agent sends inside the customer-service window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReply {
+    Text(String),
+    /// Sent by link; the history keeps the caption, then the link.
+    Media(Media),
 }
 
 /// Text and answer candidates of an inbound message.
@@ -511,8 +519,8 @@ impl Inbox {
             .ok_or(AgentError::NotFound(id))
     }
 
-    /// Free text to the contact: only inside the customer-service window.
-    pub async fn agent_reply(&self, id: i64, text: &str) -> Result<(), AgentError> {
+    /// Free text or media to the contact: only inside the customer-service window.
+    pub async fn agent_reply(&self, id: i64, reply: &AgentReply) -> Result<(), AgentError> {
         let i = self.agent_interaction(id).await?;
         let open = i
             .window_expires_at
@@ -520,7 +528,32 @@ impl Inbox {
         if !open {
             return Err(AgentError::WindowExpired);
         }
-        self.send_text(&i.line, &i.phone, text, Some(id)).await
+        match reply {
+            AgentReply::Text(text) => self.send_text(&i.line, &i.phone, text, Some(id)).await,
+            AgentReply::Media(media) => {
+                let rt = self
+                    .lines
+                    .get(&i.line)
+                    .ok_or_else(|| AgentError::UnknownLine(i.line.clone()))?;
+                let accepted = rt.provider.send_media(&i.phone, media).await?;
+                let text = match &media.caption {
+                    Some(caption) => format!("{caption}\n{}", media.link),
+                    None => media.link.clone(),
+                };
+                self.store
+                    .record_outbound(&OutboundMessage {
+                        interaction_id: Some(id),
+                        line: &i.line,
+                        phone: &i.phone,
+                        kind: media.kind.as_str(),
+                        text: Some(&text),
+                        wamid: Some(&accepted.wamid),
+                        at: self.clock.now_millis(),
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Sends the recontact template (campaign's, else line's): a business-initiated message,

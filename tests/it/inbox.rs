@@ -1140,3 +1140,125 @@ async fn opt_in_keywords_lift_the_contacts_own_opt_outs_only(db: TestDb) {
     daemon.shutdown().await;
 }
 crate::both_backends!(opt_in_keywords_lift_the_contacts_own_opt_outs_only);
+
+/// Issue 22 §4: agents' media replies (image, document, audio, video by link) are sent as
+/// media, never as text only; a body the API cannot send whole is refused with 400 naming the
+/// field, and the window rule holds for media too.
+async fn agent_media_replies_are_sent_by_link_or_refused_naming_the_field(db: TestDb) {
+    let (daemon, _config, p) = sent_campaign(&db, 2, Arc::new(SystemClock)).await;
+    inject(
+        &daemon,
+        inbound(&p[0], "text", "can you send the contract?", None),
+    )
+    .await;
+    let id = interaction_of(&daemon, &p[0]).await["id"].as_i64().unwrap();
+    let reply = |body: Value| {
+        let daemon = &daemon;
+        async move {
+            api(
+                daemon,
+                "POST",
+                &format!("/api/interactions/{id}/reply"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let sent = [
+        json!({"image": {"link": "https://cdn.example.com/plan.jpg", "caption": "Your plan"}}),
+        json!({"document": {"link": "https://cdn.example.com/c.pdf", "caption": "Contract", "filename": "contract.pdf"}}),
+        json!({"audio": {"link": "https://cdn.example.com/hello.ogg"}}),
+        json!({"video": {"link": "https://cdn.example.com/howto.mp4"}}),
+    ];
+    for body in &sent {
+        let (code, answer) = reply(body.clone()).await;
+        assert_eq!(code, 202, "{body}: {answer}");
+    }
+    for body in &sent {
+        let (kind, media) = body.as_object().unwrap().iter().next().unwrap();
+        let e = wait_for_ledger(&daemon, &p[0], kind, |e| e.message_type == *kind).await;
+        assert_eq!(&e.components, media, "{kind} as sent to the provider");
+    }
+    let ledger = daemon.simulator.as_ref().unwrap().ledger();
+    assert!(
+        !ledger
+            .iter()
+            .any(|e| e.to == p[0] && e.message_type == "text"),
+        "no media went out as text"
+    );
+    let (_, one) = api(&daemon, "GET", &format!("/api/interactions/{id}"), None).await;
+    let kinds: Vec<&str> = one["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "out")
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["image", "document", "audio", "video"], "{one}");
+    assert_eq!(
+        one["messages"][1]["text"],
+        "Your plan\nhttps://cdn.example.com/plan.jpg"
+    );
+
+    for (body, error, field) in [
+        (
+            json!({"image": {"link": "ftp://x/y.jpg"}}),
+            "bad_media",
+            "image.link",
+        ),
+        (
+            json!({"audio": {"link": "https://x.example/a.ogg", "caption": "hi"}}),
+            "bad_media",
+            "audio.caption",
+        ),
+        (
+            json!({"video": {"link": "https://x.example/v.mp4", "filename": "v.mp4"}}),
+            "bad_media",
+            "video.filename",
+        ),
+        (
+            json!({"image": {"link": "https://x.example/i.jpg", "size": 3}}),
+            "bad_json",
+            "size",
+        ),
+        (
+            json!({"sticker": {"link": "https://x.example/s.webp"}}),
+            "bad_json",
+            "sticker",
+        ),
+        (
+            json!({"text": "see this", "image": {"link": "https://x.example/i.jpg"}}),
+            "bad_json",
+            "text and image",
+        ),
+        (json!({}), "bad_json", "exactly one of text, image"),
+    ] {
+        let (code, answer) = reply(body.clone()).await;
+        assert_eq!(
+            (code, answer["error"].as_str()),
+            (400, Some(error)),
+            "{body}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+
+    // Outside the window, media is refused like text.
+    let mut old = inbound(&p[1], "text", "hello?", None);
+    old.timestamp = Some(SystemClock.now_millis() / 1000 - 25 * 3600);
+    inject(&daemon, old).await;
+    let id = interaction_of(&daemon, &p[1]).await["id"].as_i64().unwrap();
+    let (code, answer) = api(
+        &daemon,
+        "POST",
+        &format!("/api/interactions/{id}/reply"),
+        Some(json!({"image": {"link": "https://cdn.example.com/plan.jpg"}})),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (409, Some("window_expired"))
+    );
+    daemon.shutdown().await;
+}
+crate::both_backends!(agent_media_replies_are_sent_by_link_or_refused_naming_the_field);

@@ -446,9 +446,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let line = inner.span().map(|span| line_at(text, span.start));
             ConfigError {
                 file: source.to_string(),
                 line,
@@ -526,14 +524,6 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    /// The file's line a byte offset falls on.
-    fn line_at(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
-    }
-
     /// `inbox.opt_out_keywords` / `inbox.opt_in_keywords`: the defaults when absent; no
     /// keyword empty once normalised.
     fn keywords(
@@ -984,7 +974,7 @@ impl Validator<'_> {
         }
         let recontact = match raw.recontact_template {
             Some(spanned) => Some(LineRecontact {
-                file_line: Some(self.line_at(spanned.span().start)),
+                file_line: Some(line_at(self.text, spanned.span().start)),
                 template: template_ref(spanned.into_inner()),
                 variables: recontact_variables,
                 key: format!("{key}.recontact_template"),
@@ -1167,7 +1157,7 @@ impl Validator<'_> {
             recontact_file_line: raw
                 .recontact_template
                 .as_ref()
-                .map(|t| self.line_at(t.span().start)),
+                .map(|t| line_at(self.text, t.span().start)),
             recontact_template: raw.recontact_template.map(|t| template_ref(t.into_inner())),
             weight: raw.weight.unwrap_or(1).max(1),
             local_time: raw.local_time.unwrap_or(false),
@@ -1183,6 +1173,11 @@ pub fn parse_ip_net(text: &str) -> Option<ipnet::IpNet> {
     t.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| t.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// The line of `text` a byte offset falls on (from 1).
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 fn template_ref(raw: RawTemplateRef) -> TemplateRef {

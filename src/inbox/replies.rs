@@ -3,7 +3,7 @@
 //! response timeouts; what agents do through the API (reply inside the window, recontact).
 
 use super::Inbox;
-use crate::config::{AnswerAction, Campaign, Config, ConfigError, TemplateRef};
+use crate::config::{AnswerAction, Campaign, Config, ConfigError, Line, TemplateRef};
 use crate::domain::template::{CompiledMapping, ContactFields};
 use crate::domain::text::normalize;
 use crate::domain::{CampaignState, Outcome};
@@ -634,39 +634,61 @@ impl Inbox {
     }
 }
 
-/// The recontact template an interaction uses and the mapping that fills it: the campaign's
-/// template with the campaign's `variables`, else the line's with its `recontact_variables`.
+/// A recontact template with the mapping that fills it and where the config names both.
 struct RecontactChoice<'c> {
+    /// The line it is sent on (and synced on).
+    line: &'c str,
     template: &'c TemplateRef,
     variables: &'c BTreeMap<String, String>,
-    /// The config key of `variables`, for error messages.
+    /// `campaigns[0].recontact_template` and its line of the file.
+    template_key: String,
+    file_line: Option<usize>,
+    /// The config key of `variables`.
     variables_key: String,
 }
 
+impl<'c> RecontactChoice<'c> {
+    /// A campaign's own, filled by the campaign's `variables`.
+    fn of_campaign(c: &'c Campaign) -> Option<Self> {
+        Some(RecontactChoice {
+            line: &c.line,
+            template: c.recontact_template.as_ref()?,
+            variables: &c.variables,
+            template_key: format!("{}.recontact_template", c.key),
+            file_line: c.recontact_file_line,
+            variables_key: format!("{}.variables", c.key),
+        })
+    }
+
+    /// A line's, filled by its `recontact_variables`.
+    fn of_line(l: &'c Line) -> Option<Self> {
+        let r = l.recontact.as_ref()?;
+        Some(RecontactChoice {
+            line: &l.name,
+            template: &r.template,
+            variables: &r.variables,
+            template_key: r.key.clone(),
+            file_line: r.file_line,
+            variables_key: format!("{}.recontact_variables", l.key),
+        })
+    }
+}
+
+/// The recontact template of an interaction: its campaign's, else its line's.
 fn recontact_choice<'c>(
     config: &'c Config,
     campaign: Option<&str>,
     line: &str,
 ) -> Result<RecontactChoice<'c>, AgentError> {
     let configured: Option<&Campaign> = campaign.and_then(|n| config.campaign(n));
-    if let Some(c) = configured {
-        if let Some(template) = &c.recontact_template {
-            return Ok(RecontactChoice {
-                template,
-                variables: &c.variables,
-                variables_key: format!("{}.variables", c.key),
-            });
-        }
+    if let Some(choice) = configured.and_then(RecontactChoice::of_campaign) {
+        return Ok(choice);
     }
     let Some(line_cfg) = config.line(line) else {
         return Err(AgentError::UnknownLine(line.to_string()));
     };
-    if let Some(r) = &line_cfg.recontact {
-        return Ok(RecontactChoice {
-            template: &r.template,
-            variables: &r.variables,
-            variables_key: format!("{}.recontact_variables", line_cfg.key),
-        });
+    if let Some(choice) = RecontactChoice::of_line(line_cfg) {
+        return Ok(choice);
     }
     let whose = match (campaign, configured) {
         (None, _) => "this interaction has no campaign (the contact wrote first)".to_string(),
@@ -680,54 +702,34 @@ fn recontact_choice<'c>(
 
 /// Refuses a configuration whose recontact templates cannot be filled, at start rather than
 /// when an agent clicks: each line's template against its `recontact_variables`, each
-/// campaign's against its `variables`, as synced on the line. A template not synced (or not
-/// approved) yet is only logged: it may be approved later, and recontact then says so.
+/// campaign's against its `variables`, as synced on the line. A template not synced yet is
+/// only logged: it may be created later, and recontact then says it is missing.
 pub async fn check_recontact_templates(config: &Config, store: &Store) -> anyhow::Result<()> {
-    let mut checks = Vec::new();
-    for l in &config.lines {
-        if let Some(r) = &l.recontact {
-            let mapping_key = format!("{}.recontact_variables", l.key);
-            checks.push((
-                &l.name,
-                &r.template,
-                &r.variables,
-                r.key.clone(),
-                r.file_line,
-                mapping_key,
-            ));
-        }
-    }
-    for c in &config.campaigns {
-        if let Some(t) = &c.recontact_template {
-            let key = format!("{}.recontact_template", c.key);
-            let mapping_key = format!("{}.variables", c.key);
-            checks.push((
-                &c.line,
-                t,
-                &c.variables,
-                key,
-                c.recontact_file_line,
-                mapping_key,
-            ));
-        }
-    }
-    for (line, template, variables, key, file_line, mapping_key) in checks {
-        let Some(def) = store
-            .template(line, &template.name, &template.language)
-            .await?
-        else {
-            tracing::warn!(line = %line, template = %template.name, language = %template.language, key = %key,
+    let choices = config
+        .lines
+        .iter()
+        .filter_map(RecontactChoice::of_line)
+        .chain(
+            config
+                .campaigns
+                .iter()
+                .filter_map(RecontactChoice::of_campaign),
+        );
+    for choice in choices {
+        let t = choice.template;
+        let Some(def) = store.template(choice.line, &t.name, &t.language).await? else {
+            tracing::warn!(line = %choice.line, template = %t.name, language = %t.language, key = %choice.template_key,
                 "recontact template is not synced on the line; recontact will refuse until it is");
             continue;
         };
-        if let Err(e) = CompiledMapping::new(&def, variables) {
+        if let Err(e) = CompiledMapping::new(&def, choice.variables) {
             return Err(ConfigError {
                 file: config.source.clone(),
-                line: file_line,
-                key,
+                line: choice.file_line,
+                key: choice.template_key,
                 message: format!(
-                    "{} ({}) cannot be filled: {e} in {mapping_key}",
-                    template.name, template.language
+                    "{} ({}) cannot be filled: {e} in {}",
+                    t.name, t.language, choice.variables_key
                 ),
             }
             .into());

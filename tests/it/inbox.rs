@@ -1262,3 +1262,65 @@ async fn agent_media_replies_are_sent_by_link_or_refused_naming_the_field(db: Te
     daemon.shutdown().await;
 }
 crate::both_backends!(agent_media_replies_are_sent_by_link_or_refused_naming_the_field);
+
+/// A recontact template not synced at start is only logged; the click then says what is
+/// missing: the template on the line, and once it is synced, the mapping of its placeholder.
+async fn recontact_click_names_what_the_template_lacks(db: TestDb) {
+    use tiercast::provider::Provider;
+    let cfg = line_recontact_config(
+        &db.url,
+        "recontact_template = { name = \"later_recontact\", language = \"en_US\" }",
+    );
+    let (daemon, _config, p) = sent_campaign_with(&db, 1, Arc::new(SystemClock), &cfg).await;
+    inject(&daemon, inbound(&p[0], "text", "tell me more", None)).await;
+    let id = interaction_of(&daemon, &p[0]).await["id"].as_i64().unwrap();
+    let click = || async {
+        api(
+            &daemon,
+            "POST",
+            &format!("/api/interactions/{id}/recontact"),
+            None,
+        )
+        .await
+    };
+    let (code, body) = click().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("recontact_template_unusable"))
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("later_recontact (en_US) is not synced on line main"),
+        "{body}"
+    );
+
+    // Created, approved and synced while the daemon runs: its placeholder has no mapping.
+    daemon.lines["main"]
+        .provider
+        .create_template(
+            &json!({"name": "later_recontact", "language": "en_US", "category": "UTILITY",
+            "components": [{"type": "BODY", "text": "Hi {{1}}, shall we go on?",
+                            "example": {"body_text": [["Maria"]]}}]}),
+        )
+        .await
+        .unwrap();
+    let sim = daemon.simulator.as_ref().unwrap();
+    assert!(sim.review_template("later_recontact", "en_US", "APPROVED", None));
+    let clock: SharedClock = Arc::new(SystemClock);
+    serve::sync_templates(&daemon.store, &clock, &daemon.lines, None).await;
+    let (code, body) = click().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("recontact_template_unusable"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("placeholder `1` has no variable mapping")
+            && message.contains("lines[0].recontact_variables"),
+        "{message}"
+    );
+    daemon.shutdown().await;
+}
+crate::both_backends!(recontact_click_names_what_the_template_lacks);

@@ -161,6 +161,12 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
     let simulator = simulator.map(|(sim, _)| sim);
 
     sync_templates(&store, &options.clock, &lines, None).await;
+    if let Err(e) = crate::inbox::check_recontact_templates(&config, &store).await {
+        if let Some(task) = &simulator_task {
+            task.abort();
+        }
+        return Err(e);
+    }
 
     // Accepted sends and status webhooks share one group commit.
     let outcomes = Outcomes::new(store.clone(), options.clock.clone(), config.clone());

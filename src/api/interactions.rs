@@ -2,7 +2,8 @@
 //! interactions. Handlers are thin: the inbox decides, the store remembers.
 
 use super::ApiState;
-use crate::inbox::AgentError;
+use crate::inbox::{AgentError, AgentReply};
+use crate::provider::{Media, MediaKind};
 use crate::store::InteractionFilter;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -25,8 +26,9 @@ impl IntoResponse for AgentError {
         let (status, code) = match &self {
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::WindowExpired => (StatusCode::CONFLICT, "window_expired"),
-            AgentError::NoRecontactTemplate | AgentError::Template(_) => {
-                (StatusCode::CONFLICT, "no_recontact_template")
+            AgentError::NoRecontactTemplate(_) => (StatusCode::CONFLICT, "no_recontact_template"),
+            AgentError::Template(_) | AgentError::Unfillable { .. } => {
+                (StatusCode::CONFLICT, "recontact_template_unusable")
             }
             AgentError::UnknownLine(_) => (StatusCode::CONFLICT, "unknown_line"),
             AgentError::TierSpent => (StatusCode::CONFLICT, "tier_spent"),
@@ -62,8 +64,14 @@ pub(super) async fn read(State(state): State<ApiState>, Path(id): Path<i64>) -> 
             .await?
             .ok_or(AgentError::NotFound(id))?;
         let messages = store.interaction_messages(id).await?;
+        // The template the contact is answering: its campaign's.
+        let template = match i.campaign.as_deref().and_then(|c| state.config.campaign(c)) {
+            Some(c) => json!({ "name": c.template.name, "language": c.template.language }),
+            None => serde_json::Value::Null,
+        };
         let mut body = serde_json::to_value(i).unwrap_or_default();
         body["messages"] = serde_json::to_value(messages).unwrap_or_default();
+        body["template"] = template;
         Ok::<_, AgentError>(body)
     }
     .await;
@@ -73,9 +81,117 @@ pub(super) async fn read(State(state): State<ApiState>, Path(id): Path<i64>) -> 
     }
 }
 
+/// `{"text": …}`, or one medium by link: `{"image": {"link", "caption"}}`, `document` (also
+/// `filename`), `audio` (no caption), `video`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct ReplyBody {
-    text: String,
+    text: Option<String>,
+    image: Option<MediaBody>,
+    document: Option<MediaBody>,
+    audio: Option<MediaBody>,
+    video: Option<MediaBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MediaBody {
+    link: String,
+    caption: Option<String>,
+    filename: Option<String>,
+}
+
+/// Meta's limits: a text body, a media caption.
+const TEXT_MAX: usize = 4096;
+const CAPTION_MAX: usize = 1024;
+
+/// Why a reply body cannot be sent whole: a 400 with this code and message.
+struct BadReply {
+    code: &'static str,
+    message: String,
+}
+
+impl ReplyBody {
+    /// The one message the body asks for, or the 400 that names what is wrong.
+    fn into_reply(self) -> Result<AgentReply, BadReply> {
+        let ReplyBody {
+            text,
+            image,
+            document,
+            audio,
+            video,
+        } = self;
+        let mut media: Vec<(MediaKind, MediaBody)> = MediaKind::ALL
+            .into_iter()
+            .zip([image, document, audio, video])
+            .filter_map(|(kind, body)| body.map(|b| (kind, b)))
+            .collect();
+        let mut given: Vec<&str> = media.iter().map(|(k, _)| k.as_str()).collect();
+        if text.is_some() {
+            given.insert(0, "text");
+        }
+        let (kind, body) = match (text, media.pop()) {
+            (Some(text), None) => {
+                if text.trim().is_empty() || text.chars().count() > TEXT_MAX {
+                    return Err(BadReply {
+                        code: "bad_text",
+                        message: format!("text must hold 1 to {TEXT_MAX} characters"),
+                    });
+                }
+                return Ok(AgentReply::Text(text));
+            }
+            (None, Some(one)) if media.is_empty() => one,
+            _ => {
+                let also = if given.is_empty() {
+                    String::new()
+                } else {
+                    format!(", not {}", given.join(" and "))
+                };
+                return Err(BadReply {
+                    code: "bad_json",
+                    message: format!(
+                        "give exactly one of text, image, document, audio, video{also}"
+                    ),
+                });
+            }
+        };
+        let bad = |key: &str, why: String| BadReply {
+            code: "bad_media",
+            message: format!("{}.{key}: {why}", kind.as_str()),
+        };
+        let link_ok = reqwest::Url::parse(&body.link)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !link_ok {
+            return Err(bad(
+                "link",
+                format!(
+                    "{:?} is not an http(s) URL the provider can fetch",
+                    body.link
+                ),
+            ));
+        }
+        let caption = body.caption.filter(|c| !c.trim().is_empty());
+        if let Some(c) = &caption {
+            if !kind.takes_caption() {
+                return Err(bad("caption", "audio messages carry no caption".into()));
+            }
+            if c.chars().count() > CAPTION_MAX {
+                return Err(bad(
+                    "caption",
+                    format!("holds more than {CAPTION_MAX} characters"),
+                ));
+            }
+        }
+        if body.filename.is_some() && kind != MediaKind::Document {
+            return Err(bad("filename", "only documents have a file name".into()));
+        }
+        Ok(AgentReply::Media(Media {
+            kind,
+            link: body.link,
+            caption,
+            filename: body.filename.filter(|f| !f.trim().is_empty()),
+        }))
+    }
 }
 
 pub(super) async fn reply(
@@ -87,14 +203,11 @@ pub(super) async fn reply(
         Ok(b) => b,
         Err(e) => return bad_json(e),
     };
-    if body.text.trim().is_empty() || body.text.chars().count() > 4096 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_text",
-            "text must hold 1 to 4096 characters",
-        );
-    }
-    match state.inbox.agent_reply(id, &body.text).await {
+    let reply = match body.into_reply() {
+        Ok(r) => r,
+        Err(bad) => return error(StatusCode::BAD_REQUEST, bad.code, bad.message),
+    };
+    match state.inbox.agent_reply(id, &reply).await {
         Ok(()) => (StatusCode::ACCEPTED, Json(json!({ "status": "accepted" }))).into_response(),
         Err(e) => e.into_response(),
     }

@@ -107,6 +107,9 @@ struct RawImport {
 struct RawInbox {
     opt_out_keywords: Option<Vec<String>>,
     opt_out_confirmation: Option<String>,
+    opt_in_keywords: Option<Vec<String>>,
+    opt_in_confirmation: Option<String>,
+    reply_lookback: Option<String>,
     handoff_url: Option<String>,
 }
 
@@ -138,7 +141,8 @@ struct RawLine {
     request_timeout: Option<String>,
     time_group: Option<String>,
     out_of_hours_text: Option<String>,
-    recontact_template: Option<RawTemplateRef>,
+    recontact_template: Option<toml::Spanned<RawTemplateRef>>,
+    recontact_variables: Option<BTreeMap<String, String>>,
     // Gupshup
     source: Option<String>,
     app_name: Option<String>,
@@ -211,7 +215,7 @@ struct RawCampaign {
     auto_retry: Option<bool>,
     retry_backoff: Option<String>,
     retry_cron: Option<String>,
-    recontact_template: Option<RawTemplateRef>,
+    recontact_template: Option<toml::Spanned<RawTemplateRef>>,
     weight: Option<u32>,
     local_time: Option<bool>,
     ramp: Option<bool>,
@@ -259,6 +263,13 @@ pub struct Import {
 pub struct Inbox {
     pub opt_out_keywords: Vec<String>,
     pub opt_out_confirmation: Option<String>,
+    /// Whole messages that lift an opt-out the contact made (keyword, answer) or Meta made for
+    /// it; an admin's opt-out stays.
+    pub opt_in_keywords: Vec<String>,
+    pub opt_in_confirmation: Option<String>,
+    /// How long after its row closed a reply that quotes nothing still belongs to that
+    /// campaign (a late reply keeps its campaign, so recontact can use its template).
+    pub reply_lookback: Duration,
     pub handoff_url: Option<String>,
 }
 
@@ -296,6 +307,18 @@ pub struct TemplateRef {
     pub language: String,
 }
 
+/// A line's recontact template with the variable mapping that fills it, and where the file
+/// names it (errors found once the template is known still point there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineRecontact {
+    pub template: TemplateRef,
+    pub variables: BTreeMap<String, String>,
+    /// `lines[0].recontact_template`
+    pub key: String,
+    /// Line of the file, when known.
+    pub file_line: Option<usize>,
+}
+
 /// Requests in flight a line allows unless configured: half a second of its top rate, at
 /// least 64. Rate = requests in flight / answer time, and Meta answers in up to 250 ms at the
 /// median (1 % over a second), so 64 would hold a line upgraded to 1,000 msg/s near 250 msg/s;
@@ -330,7 +353,7 @@ pub struct Line {
     pub request_timeout: Duration,
     pub time_group: Option<String>,
     pub out_of_hours_text: Option<String>,
-    pub recontact_template: Option<TemplateRef>,
+    pub recontact: Option<LineRecontact>,
     pub source: Option<String>,
     pub app_name: Option<String>,
     pub app_id: Option<String>,
@@ -378,6 +401,8 @@ pub struct Campaign {
     pub retry_backoff: Duration,
     pub retry_cron: Option<cron::Schedule>,
     pub recontact_template: Option<TemplateRef>,
+    /// The file's line of `recontact_template`, for errors found once the template is known.
+    pub recontact_file_line: Option<usize>,
     pub weight: u32,
     pub local_time: bool,
     pub ramp: bool,
@@ -385,6 +410,8 @@ pub struct Campaign {
 }
 
 pub const DEFAULT_OPT_OUT_KEYWORDS: [&str; 5] = ["STOP", "UNSUBSCRIBE", "BAJA", "SAIR", "PARAR"];
+pub const DEFAULT_OPT_IN_KEYWORDS: [&str; 4] = ["START", "UNSTOP", "VOLTAR", "ALTA"];
+const DEFAULT_REPLY_LOOKBACK: Duration = Duration::from_secs(7 * 24 * 3600);
 const DEFAULT_UPGRADE_DELAY: Duration = Duration::from_secs(6 * 3600);
 const DEFAULT_TIER_REFRESH: Duration = Duration::from_secs(3600);
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -417,9 +444,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
-            let line = inner
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let line = inner.span().map(|span| line_at(text, span.start));
             ConfigError {
                 file: source.to_string(),
                 line,
@@ -427,7 +452,7 @@ impl Config {
                 message: inner.message().trim().to_string(),
             }
         })?;
-        Validator { source }.validate(raw)
+        Validator { source, text }.validate(raw)
     }
 
     pub fn line(&self, name: &str) -> Option<&Line> {
@@ -493,9 +518,27 @@ impl Config {
 
 struct Validator<'a> {
     source: &'a str,
+    text: &'a str,
 }
 
 impl Validator<'_> {
+    /// `inbox.opt_out_keywords` / `inbox.opt_in_keywords`: the defaults when absent; no
+    /// keyword empty once normalised.
+    fn keywords(
+        &self,
+        key: &str,
+        value: Option<Vec<String>>,
+        defaults: &[&str],
+    ) -> Result<Vec<String>, ConfigError> {
+        let words = value.unwrap_or_else(|| defaults.iter().map(|s| s.to_string()).collect());
+        for (i, w) in words.iter().enumerate() {
+            if crate::domain::text::normalize(w).is_empty() {
+                return Err(self.err(format!("{key}[{i}]"), "is empty"));
+            }
+        }
+        Ok(words)
+    }
+
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.source.to_string(),
@@ -577,14 +620,37 @@ impl Validator<'_> {
                 None => 1000,
             },
         };
+        let opt_out_keywords = self.keywords(
+            "inbox.opt_out_keywords",
+            raw.inbox.opt_out_keywords,
+            &DEFAULT_OPT_OUT_KEYWORDS,
+        )?;
+        let opt_in_keywords = self.keywords(
+            "inbox.opt_in_keywords",
+            raw.inbox.opt_in_keywords,
+            &DEFAULT_OPT_IN_KEYWORDS,
+        )?;
+        let normalize = crate::domain::text::normalize;
+        if let Some((i, w)) = opt_in_keywords.iter().enumerate().find(|(_, w)| {
+            opt_out_keywords
+                .iter()
+                .any(|o| normalize(o) == normalize(w))
+        }) {
+            return Err(self.err(
+                format!("inbox.opt_in_keywords[{i}]"),
+                format!("{w:?} is also an opt-out keyword"),
+            ));
+        }
         let inbox = Inbox {
-            opt_out_keywords: raw.inbox.opt_out_keywords.unwrap_or_else(|| {
-                DEFAULT_OPT_OUT_KEYWORDS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect()
-            }),
+            opt_out_keywords,
             opt_out_confirmation: raw.inbox.opt_out_confirmation,
+            opt_in_keywords,
+            opt_in_confirmation: raw.inbox.opt_in_confirmation,
+            reply_lookback: self.duration(
+                "inbox.reply_lookback",
+                raw.inbox.reply_lookback.as_deref(),
+                DEFAULT_REPLY_LOOKBACK,
+            )?,
             handoff_url: raw.inbox.handoff_url,
         };
 
@@ -899,6 +965,26 @@ impl Validator<'_> {
         if request_timeout.is_zero() {
             return Err(self.err(format!("{key}.request_timeout"), "must be above zero"));
         }
+        let recontact_variables = raw.recontact_variables.unwrap_or_default();
+        for (var, source) in &recontact_variables {
+            crate::domain::template::parse_source(source)
+                .map_err(|why| self.err(format!("{key}.recontact_variables.{var}"), why))?;
+        }
+        let recontact = match raw.recontact_template {
+            Some(spanned) => Some(LineRecontact {
+                file_line: Some(line_at(self.text, spanned.span().start)),
+                template: template_ref(spanned.into_inner()),
+                variables: recontact_variables,
+                key: format!("{key}.recontact_template"),
+            }),
+            None if !recontact_variables.is_empty() => {
+                return Err(self.err(
+                    format!("{key}.recontact_variables"),
+                    "fills a recontact template, but the line has no recontact_template",
+                ))
+            }
+            None => None,
+        };
         Ok(Line {
             phone_number_id: raw
                 .phone_number_id
@@ -924,7 +1010,7 @@ impl Validator<'_> {
             request_timeout,
             time_group: raw.time_group,
             out_of_hours_text: raw.out_of_hours_text,
-            recontact_template: raw.recontact_template.map(template_ref),
+            recontact,
             source: raw.source,
             app_name: raw.app_name,
             app_id: raw.app_id,
@@ -1064,7 +1150,11 @@ impl Validator<'_> {
             max_attempts,
             auto_retry: raw.auto_retry.unwrap_or(true),
             retry_cron,
-            recontact_template: raw.recontact_template.map(template_ref),
+            recontact_file_line: raw
+                .recontact_template
+                .as_ref()
+                .map(|t| line_at(self.text, t.span().start)),
+            recontact_template: raw.recontact_template.map(|t| template_ref(t.into_inner())),
             weight: raw.weight.unwrap_or(1).max(1),
             local_time: raw.local_time.unwrap_or(false),
             ramp: raw.ramp.unwrap_or(false),
@@ -1079,6 +1169,11 @@ pub fn parse_ip_net(text: &str) -> Option<ipnet::IpNet> {
     t.parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| t.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+/// The line of `text` a byte offset falls on (from 1).
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 fn template_ref(raw: RawTemplateRef) -> TemplateRef {

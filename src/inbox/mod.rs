@@ -27,7 +27,7 @@ mod replies;
 /// Looks at an unmatched Gupshup status again after 0.25, 0.5, 1 and 2 s.
 const UNMATCHED_RETRIES: u32 = 4;
 
-pub use replies::AgentError;
+pub use replies::{check_recontact_templates, AgentError, AgentReply};
 
 #[derive(Clone)]
 pub struct Inbox {
@@ -37,6 +37,8 @@ pub struct Inbox {
     lines: Arc<HashMap<String, Arc<LineRuntime>>>,
     /// Opt-out keywords, normalised (matched against the whole message).
     opt_out_keywords: Arc<Vec<String>>,
+    /// Opt-in keywords, normalised likewise.
+    opt_in_keywords: Arc<Vec<String>>,
     /// The statuses of concurrent webhook POSTs are applied in group commits (shared with
     /// the dispatcher's accepted sends).
     outcomes: Outcomes,
@@ -50,20 +52,21 @@ impl Inbox {
         lines: Arc<HashMap<String, Arc<LineRuntime>>>,
         outcomes: Outcomes,
     ) -> Self {
-        let opt_out_keywords = Arc::new(
-            config
-                .inbox
-                .opt_out_keywords
-                .iter()
-                .map(|k| crate::domain::text::normalize(k))
-                .collect(),
-        );
+        let normalized = |words: &[String]| -> Arc<Vec<String>> {
+            Arc::new(
+                words
+                    .iter()
+                    .map(|k| crate::domain::text::normalize(k))
+                    .collect(),
+            )
+        };
         Inbox {
+            opt_out_keywords: normalized(&config.inbox.opt_out_keywords),
+            opt_in_keywords: normalized(&config.inbox.opt_in_keywords),
             store,
             clock,
             config,
             lines,
-            opt_out_keywords,
             outcomes,
         }
     }

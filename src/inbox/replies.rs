@@ -3,14 +3,15 @@
 //! response timeouts; what agents do through the API (reply inside the window, recontact).
 
 use super::Inbox;
-use crate::config::{AnswerAction, Campaign, TemplateRef};
+use crate::config::{AnswerAction, Campaign, Config, ConfigError, Line, TemplateRef};
 use crate::domain::template::{CompiledMapping, ContactFields};
 use crate::domain::text::normalize;
 use crate::domain::{CampaignState, Outcome};
 use crate::metrics as m;
-use crate::provider::{Provider, SendError, TemplateMessage};
-use crate::store::{InteractionRow, OutboundMessage, StoreError, TierBudget};
+use crate::provider::{Media, Provider, SendError, TemplateMessage};
+use crate::store::{InteractionRow, OutboundMessage, Store, StoreError, TierBudget};
 use crate::webhook::{InboundKind, InboundMessage};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +20,15 @@ pub enum AgentError {
     NotFound(i64),
     #[error("the customer-service window is closed (the contact last wrote more than 24 h ago); send the recontact template")]
     WindowExpired,
-    #[error("no recontact template is configured for this campaign or line")]
-    NoRecontactTemplate,
+    /// Says which of the interaction's campaign and its line lacks one.
+    #[error("{0}")]
+    NoRecontactTemplate(String),
+    /// The template is not synced or not approved.
     #[error("the recontact template cannot be sent: {0}")]
     Template(String),
+    /// A placeholder without a mapping, or a feature tiercast cannot fill; names the key to set.
+    #[error("the recontact template {template} cannot be filled: {why}")]
+    Unfillable { template: String, why: String },
     #[error("line {0:?} is not configured")]
     UnknownLine(String),
     #[error("the portfolio's messaging limit is spent for now; the next slot opens within 24 h")]
@@ -31,6 +37,14 @@ pub enum AgentError {
     Provider(#[from] SendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an agent sends inside the customer-service window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReply {
+    Text(String),
+    /// Sent by link; the history keeps the caption, then the link.
+    Media(Media),
 }
 
 /// Text and answer candidates of an inbound message.
@@ -155,6 +169,20 @@ impl Inbox {
             }
             return Ok(());
         }
+        // An opt-in keyword lifts an opt-out the contact made; a contact an admin opted out, or
+        // one not opted out at all, goes on as any reply would (a person sees it).
+        if reading.kind == "text"
+            && reading
+                .text
+                .is_some_and(|t| self.opt_in_keywords.contains(&normalize(t)))
+            && self.store.remove_contact_opt_out(&phone).await?
+        {
+            tracing::info!(source = "keyword", "contact opted back in");
+            if let Some(confirmation) = self.config.inbox.opt_in_confirmation.clone() {
+                self.send_text_in_background(&line, &phone, confirmation, None);
+            }
+            return Ok(());
+        }
 
         // A reply may quote our message by another id than the stored one (Gupshup without
         // `gsId`: the WhatsApp id).
@@ -167,9 +195,15 @@ impl Inbox {
             ),
             None => None,
         };
+        let lookback = self.config.inbox.reply_lookback.as_millis() as i64;
         let target = self
             .store
-            .reply_target(&line, &phone, context.as_deref())
+            .reply_target(
+                &line,
+                &phone,
+                context.as_deref(),
+                at.saturating_sub(lookback),
+            )
             .await?;
         let now = self.clock.now_millis();
         let mut interaction = None;
@@ -485,8 +519,8 @@ impl Inbox {
             .ok_or(AgentError::NotFound(id))
     }
 
-    /// Free text to the contact: only inside the customer-service window.
-    pub async fn agent_reply(&self, id: i64, text: &str) -> Result<(), AgentError> {
+    /// Free text or media to the contact: only inside the customer-service window.
+    pub async fn agent_reply(&self, id: i64, reply: &AgentReply) -> Result<(), AgentError> {
         let i = self.agent_interaction(id).await?;
         let open = i
             .window_expires_at
@@ -494,23 +528,40 @@ impl Inbox {
         if !open {
             return Err(AgentError::WindowExpired);
         }
-        self.send_text(&i.line, &i.phone, text, Some(id)).await
+        match reply {
+            AgentReply::Text(text) => self.send_text(&i.line, &i.phone, text, Some(id)).await,
+            AgentReply::Media(media) => {
+                let rt = self
+                    .lines
+                    .get(&i.line)
+                    .ok_or_else(|| AgentError::UnknownLine(i.line.clone()))?;
+                let accepted = rt.provider.send_media(&i.phone, media).await?;
+                let text = match &media.caption {
+                    Some(caption) => format!("{caption}\n{}", media.link),
+                    None => media.link.clone(),
+                };
+                self.store
+                    .record_outbound(&OutboundMessage {
+                        interaction_id: Some(id),
+                        line: &i.line,
+                        phone: &i.phone,
+                        kind: media.kind.as_str(),
+                        text: Some(&text),
+                        wamid: Some(&accepted.wamid),
+                        at: self.clock.now_millis(),
+                    })
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Sends the recontact template (campaign's, else line's): a business-initiated message,
     /// allowed whatever the window.
     pub async fn agent_recontact(&self, id: i64) -> Result<(), AgentError> {
         let i = self.agent_interaction(id).await?;
-        let campaign: Option<&Campaign> =
-            i.campaign.as_deref().and_then(|n| self.config.campaign(n));
-        let template: TemplateRef = campaign
-            .and_then(|c| c.recontact_template.clone())
-            .or_else(|| {
-                self.config
-                    .line(&i.line)
-                    .and_then(|l| l.recontact_template.clone())
-            })
-            .ok_or(AgentError::NoRecontactTemplate)?;
+        let choice = recontact_choice(&self.config, i.campaign.as_deref(), &i.line)?;
+        let template = choice.template;
         let def = self
             .store
             .template(&i.line, &template.name, &template.language)
@@ -527,9 +578,11 @@ impl Inbox {
                 def.name, def.language, def.status
             )));
         }
-        let variables = campaign.map(|c| c.variables.clone()).unwrap_or_default();
-        let mapping = CompiledMapping::new(&def, &variables)
-            .map_err(|e| AgentError::Template(e.to_string()))?;
+        let mapping =
+            CompiledMapping::new(&def, choice.variables).map_err(|e| AgentError::Unfillable {
+                template: format!("{} ({})", template.name, template.language),
+                why: format!("{e} (in {})", choice.variables_key),
+            })?;
         let contact = self.store.contact_by_phone(&i.phone).await?;
         let fields = ContactFields {
             phone: i.phone.clone(),
@@ -539,7 +592,10 @@ impl Inbox {
         };
         let components = mapping
             .render(&fields)
-            .map_err(|e| AgentError::Template(e.to_string()))?;
+            .map_err(|e| AgentError::Unfillable {
+                template: format!("{} ({})", template.name, template.language),
+                why: format!("{e} for this contact (in {})", choice.variables_key),
+            })?;
         let rt = self
             .lines
             .get(&i.line)
@@ -576,6 +632,110 @@ impl Inbox {
             .await?;
         Ok(())
     }
+}
+
+/// A recontact template with the mapping that fills it and where the config names both.
+struct RecontactChoice<'c> {
+    /// The line it is sent on (and synced on).
+    line: &'c str,
+    template: &'c TemplateRef,
+    variables: &'c BTreeMap<String, String>,
+    /// `campaigns[0].recontact_template` and its line of the file.
+    template_key: String,
+    file_line: Option<usize>,
+    /// The config key of `variables`.
+    variables_key: String,
+}
+
+impl<'c> RecontactChoice<'c> {
+    /// A campaign's own, filled by the campaign's `variables`.
+    fn of_campaign(c: &'c Campaign) -> Option<Self> {
+        Some(RecontactChoice {
+            line: &c.line,
+            template: c.recontact_template.as_ref()?,
+            variables: &c.variables,
+            template_key: format!("{}.recontact_template", c.key),
+            file_line: c.recontact_file_line,
+            variables_key: format!("{}.variables", c.key),
+        })
+    }
+
+    /// A line's, filled by its `recontact_variables`.
+    fn of_line(l: &'c Line) -> Option<Self> {
+        let r = l.recontact.as_ref()?;
+        Some(RecontactChoice {
+            line: &l.name,
+            template: &r.template,
+            variables: &r.variables,
+            template_key: r.key.clone(),
+            file_line: r.file_line,
+            variables_key: format!("{}.recontact_variables", l.key),
+        })
+    }
+}
+
+/// The recontact template of an interaction: its campaign's, else its line's.
+fn recontact_choice<'c>(
+    config: &'c Config,
+    campaign: Option<&str>,
+    line: &str,
+) -> Result<RecontactChoice<'c>, AgentError> {
+    let configured: Option<&Campaign> = campaign.and_then(|n| config.campaign(n));
+    if let Some(choice) = configured.and_then(RecontactChoice::of_campaign) {
+        return Ok(choice);
+    }
+    let Some(line_cfg) = config.line(line) else {
+        return Err(AgentError::UnknownLine(line.to_string()));
+    };
+    if let Some(choice) = RecontactChoice::of_line(line_cfg) {
+        return Ok(choice);
+    }
+    let whose = match (campaign, configured) {
+        (None, _) => "this interaction has no campaign (the contact wrote first)".to_string(),
+        (Some(name), None) => format!("campaign {name} is no longer in the configuration"),
+        (Some(name), Some(_)) => format!("campaign {name} has no recontact_template"),
+    };
+    Err(AgentError::NoRecontactTemplate(format!(
+        "{whose}, and line {line} has no recontact_template either"
+    )))
+}
+
+/// Refuses a configuration whose recontact templates cannot be filled, at start rather than
+/// when an agent clicks: each line's template against its `recontact_variables`, each
+/// campaign's against its `variables`, as synced on the line. A template not synced yet is
+/// only logged: it may be created later, and recontact then says it is missing.
+pub async fn check_recontact_templates(config: &Config, store: &Store) -> anyhow::Result<()> {
+    let choices = config
+        .lines
+        .iter()
+        .filter_map(RecontactChoice::of_line)
+        .chain(
+            config
+                .campaigns
+                .iter()
+                .filter_map(RecontactChoice::of_campaign),
+        );
+    for choice in choices {
+        let t = choice.template;
+        let Some(def) = store.template(choice.line, &t.name, &t.language).await? else {
+            tracing::warn!(line = %choice.line, template = %t.name, language = %t.language, key = %choice.template_key,
+                "recontact template is not synced on the line; recontact will refuse until it is");
+            continue;
+        };
+        if let Err(e) = CompiledMapping::new(&def, choice.variables) {
+            return Err(ConfigError {
+                file: config.source.clone(),
+                line: choice.file_line,
+                key: choice.template_key,
+                message: format!(
+                    "{} ({}) cannot be filled: {e} in {}",
+                    t.name, t.language, choice.variables_key
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// The answer a reply picks: a configured key equal to the button payload, the button text or

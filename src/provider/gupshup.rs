@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use super::{
-    error_chain, http_error, transport_error, Accepted, CreatedTemplate, Provider, SendError,
-    TemplateMessage,
+    error_chain, http_error, transport_error, Accepted, CreatedTemplate, Media, MediaKind,
+    Provider, SendError, TemplateMessage,
 };
 use crate::domain::template::{
     ButtonKind, Component, ComponentKind, Components, HeaderFormat, MediaLink, Parameter,
@@ -473,6 +473,37 @@ impl Provider for GupshupClient {
                 ("destination", &to),
                 ("message", &message),
                 ("disablePreview", "true"),
+            ],
+        )
+        .await
+    }
+
+    /// Session media by link (reference §1.2): `image` with `originalUrl` / `previewUrl`,
+    /// documents as `file` with `url` and `filename`, `audio` and `video` with `url`.
+    async fn send_media(&self, to: &str, media: &Media) -> Result<Accepted, SendError> {
+        let link = media.link.as_str();
+        let mut message = match media.kind {
+            MediaKind::Image => json!({ "type": "image", "originalUrl": link, "previewUrl": link }),
+            MediaKind::Document => json!({ "type": "file", "url": link }),
+            MediaKind::Audio => json!({ "type": "audio", "url": link }),
+            MediaKind::Video => json!({ "type": "video", "url": link }),
+        };
+        if let Some(caption) = &media.caption {
+            message["caption"] = json!(caption);
+        }
+        if let Some(filename) = &media.filename {
+            message["filename"] = json!(filename);
+        }
+        let message = message.to_string();
+        let to = digits(to);
+        self.send_form(
+            &self.text_url,
+            &[
+                ("channel", "whatsapp"),
+                ("source", &self.source),
+                ("src.name", &self.app_name),
+                ("destination", &to),
+                ("message", &message),
             ],
         )
         .await

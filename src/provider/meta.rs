@@ -19,8 +19,8 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use super::{
-    error_chain, http_error, transport_error, Accepted, AccountLimits, CreatedTemplate, Provider,
-    SendError, TemplateMessage,
+    error_chain, http_error, transport_error, Accepted, AccountLimits, CreatedTemplate, Media,
+    Provider, SendError, TemplateMessage,
 };
 use crate::domain::template::{Components, TemplateDef};
 
@@ -268,6 +268,27 @@ struct TextBody<'a> {
 }
 
 #[derive(Serialize)]
+struct MediaRequest<'a> {
+    messaging_product: &'static str,
+    recipient_type: &'static str,
+    to: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// One entry, keyed by the type: `"image": {…}`.
+    #[serde(flatten)]
+    media: std::collections::BTreeMap<&'static str, MediaObject<'a>>,
+}
+
+#[derive(Serialize)]
+struct MediaObject<'a> {
+    link: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caption: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename: Option<&'a str>,
+}
+
+#[derive(Serialize)]
 struct ReadRequest<'a> {
     messaging_product: &'static str,
     status: &'static str,
@@ -390,6 +411,28 @@ impl Provider for MetaClient {
                 preview_url: false,
                 body,
             },
+        })
+        .await
+    }
+
+    /// `{"type": "image", "image": {"link", "caption"}}`, and likewise for documents (with
+    /// `filename`), audio and video (reference §1.2).
+    async fn send_media(&self, to: &str, media: &Media) -> Result<Accepted, SendError> {
+        self.send_message(&MediaRequest {
+            messaging_product: "whatsapp",
+            recipient_type: "individual",
+            to,
+            kind: media.kind.as_str(),
+            media: [(
+                media.kind.as_str(),
+                MediaObject {
+                    link: &media.link,
+                    caption: media.caption.as_deref(),
+                    filename: media.filename.as_deref(),
+                },
+            )]
+            .into_iter()
+            .collect(),
         })
         .await
     }

@@ -31,6 +31,51 @@ pub struct TemplateMessage {
     pub callback_data: String,
 }
 
+/// The kinds of media an agent sends by link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    Document,
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub const ALL: [MediaKind; 4] = [
+        MediaKind::Image,
+        MediaKind::Document,
+        MediaKind::Audio,
+        MediaKind::Video,
+    ];
+
+    /// Meta's message `type` (and the key of its object), also the API's field name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Document => "document",
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+
+    /// WhatsApp shows no caption under audio.
+    pub fn takes_caption(self) -> bool {
+        self != MediaKind::Audio
+    }
+}
+
+/// Free-form media sent by link: the provider downloads it from `link`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub kind: MediaKind,
+    /// A public http(s) URL.
+    pub link: String,
+    /// Images, documents and videos only.
+    pub caption: Option<String>,
+    /// Documents only: the file name the contact sees.
+    pub filename: Option<String>,
+}
+
 /// The provider took the message (not "delivered": that comes by webhook).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -134,6 +179,13 @@ pub trait Provider: Send + Sync {
         body: &str,
     ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
 
+    /// Send media by link (only inside the 24 h customer-service window).
+    fn send_media(
+        &self,
+        to: &str,
+        media: &Media,
+    ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+
     /// Mark an inbound message as read.
     fn mark_read(&self, wamid: &str) -> impl Future<Output = Result<(), SendError>> + Send;
 
@@ -196,6 +248,13 @@ impl Provider for LineProvider {
         match self {
             LineProvider::Meta(c) => c.send_text(to, body).await,
             LineProvider::Gupshup(c) => c.send_text(to, body).await,
+        }
+    }
+
+    async fn send_media(&self, to: &str, media: &Media) -> Result<Accepted, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.send_media(to, media).await,
+            LineProvider::Gupshup(c) => c.send_media(to, media).await,
         }
     }
 

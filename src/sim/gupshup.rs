@@ -322,6 +322,7 @@ impl Simulator {
         let mut language = None;
         let mut components = Value::Null;
         let mut text = None;
+        let mut message_type = if template { "template" } else { "text" };
         if template {
             let Some(spec) =
                 field(&f, "template").and_then(|t| serde_json::from_str::<Value>(t).ok())
@@ -368,14 +369,31 @@ impl Simulator {
             components = sent;
         } else {
             let message = field(&f, "message").and_then(|m| serde_json::from_str::<Value>(m).ok());
-            text = message
-                .as_ref()
-                .and_then(|m| m.get("text"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if text.is_none() {
-                self.count_rejection(400);
-                return gs_error(StatusCode::BAD_REQUEST, "Invalid Message");
+            let str_of = |k: &str| {
+                message
+                    .as_ref()
+                    .and_then(|m| m.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            // Session media by link (reference §1.2), named as Meta names it.
+            let media = match str_of("type").as_deref() {
+                Some("image") if str_of("originalUrl").is_some() => Some("image"),
+                Some("file") if str_of("url").is_some() => Some("document"),
+                Some("audio") if str_of("url").is_some() => Some("audio"),
+                Some("video") if str_of("url").is_some() => Some("video"),
+                _ => None,
+            };
+            if let Some(kind) = media {
+                message_type = kind;
+                text = str_of("caption");
+                components = message.clone().unwrap_or_default();
+            } else {
+                text = str_of("text");
+                if text.is_none() {
+                    self.count_rejection(400);
+                    return gs_error(StatusCode::BAD_REQUEST, "Invalid Message");
+                }
             }
             if !self.window_open(&app.cfg.source, [&wa_id, &to]) {
                 fate = Fate::Failed(131047);
@@ -391,7 +409,7 @@ impl Simulator {
             phone_number_id: app.cfg.source.clone(),
             to: to.clone(),
             wa_id: wa_id.clone(),
-            message_type: if template { "template" } else { "text" }.into(),
+            message_type: message_type.into(),
             template_name,
             language,
             components,

@@ -191,9 +191,10 @@ pub struct LedgerEntry {
     pub message_type: String,
     pub template_name: Option<String>,
     pub language: Option<String>,
-    /// `template.components` as sent (Null when none).
+    /// `template.components` as sent; for media, the media object (`image`, Gupshup's
+    /// `message`); Null when none.
     pub components: Value,
-    /// `text.body` for free-form text.
+    /// `text.body` for free-form text; a media caption.
     pub text: Option<String>,
     pub callback_data: Option<String>,
     pub fate: Fate,
@@ -1193,8 +1194,30 @@ impl Simulator {
                 }
                 text = Some(body.to_string());
             }
-            "image" | "audio" | "video" | "document" | "sticker" | "interactive" | "reaction"
-            | "location" | "contacts" => {}
+            "image" | "audio" | "video" | "document" => {
+                let media = req
+                    .get(message_type)
+                    .filter(|m| m.is_object())
+                    .ok_or_else(|| {
+                        GraphError::new(
+                            131008,
+                            format!("The parameter {message_type} is required."),
+                        )
+                    })?;
+                let by = |k: &str| media.get(k).and_then(Value::as_str).is_some();
+                if !(by("link") || by("id")) {
+                    return Err(GraphError::new(
+                        131008,
+                        format!("The parameter {message_type}['link'] or {message_type}['id'] is required."),
+                    ));
+                }
+                text = media
+                    .get("caption")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                components = media.clone();
+            }
+            "sticker" | "interactive" | "reaction" | "location" | "contacts" => {}
             other => {
                 return Err(GraphError::new(
                     100,

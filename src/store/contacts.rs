@@ -335,6 +335,19 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// An opt-in keyword: lifts the opt-outs the contact made (keyword, answer) or Meta made
+    /// for it (`user_preferences` stop, 131050). An admin opt-out stays. True if one was lifted.
+    pub async fn remove_contact_opt_out(&self, phone: &str) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "DELETE FROM opt_outs WHERE phone = $1 \
+             AND source IN ('keyword', 'answer', 'user_preferences', '131050')",
+        )
+        .bind(phone)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     pub async fn add_to_blacklist(
         &self,
         phone: &str,

@@ -202,12 +202,16 @@ impl Store {
     }
 
     /// The campaign row a reply answers: the template it quotes (`context.id`), else the
-    /// contact's most recent pending row on the line.
+    /// contact's most recent pending row on the line, else its row on the line whose template
+    /// was sent most recently and that closed at or after `closed_since` (most replies quote
+    /// nothing, and many come after the response timeout). Rows that closed `failed` or
+    /// `exhausted` are left out: their template never reached the contact.
     pub async fn reply_target(
         &self,
         line: &str,
         phone: &str,
         context_wamid: Option<&str>,
+        closed_since: Millis,
     ) -> StoreResult<Option<ReplyTarget>> {
         let columns = "h.id, h.campaign_id, h.state, h.outcome, h.response_deadline, h.contact_id";
         let to_target = |r: AnyRow| -> StoreResult<ReplyTarget> {
@@ -237,6 +241,20 @@ impl Store {
         ))
         .bind(phone)
         .bind(line)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(r) = row {
+            return to_target(r).map(Some);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {columns} FROM hopper h JOIN contacts c ON c.id = h.contact_id \
+             WHERE c.phone = $1 AND h.line = $2 AND h.state = 'closed' AND h.closed_at >= $3 \
+               AND h.sent_at IS NOT NULL AND h.outcome NOT IN ('failed', 'exhausted') \
+             ORDER BY h.sent_at DESC, h.id DESC LIMIT 1"
+        ))
+        .bind(phone)
+        .bind(line)
+        .bind(closed_since)
         .fetch_optional(&self.pool)
         .await?;
         row.map(to_target).transpose()

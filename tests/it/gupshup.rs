@@ -337,6 +337,60 @@ async fn answers_handoff_and_opt_out(db: TestDb) {
 }
 crate::both_backends!(answers_handoff_and_opt_out);
 
+/// An agent's media reply goes to Gupshup's session endpoint as media by link (image with
+/// `originalUrl`, a document as `file` with its name), not as text.
+async fn agent_media_replies_go_as_gupshup_media(db: TestDb) {
+    let gs = start_gs(&db, |_| {}).await;
+    let phone = "+919876599999";
+    gs.inject(phone, "text", "please send the brochure", None)
+        .await;
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("{}/api/interactions", gs.daemon.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = list[0]["id"].as_i64().expect("an agent interaction");
+    for body in [
+        json!({"image": {"link": "https://cdn.example.com/b.jpg", "caption": "Brochure"}}),
+        json!({"document": {"link": "https://cdn.example.com/b.pdf", "filename": "brochure.pdf"}}),
+    ] {
+        let code = client
+            .post(format!("{}/api/interactions/{id}/reply", gs.daemon.url()))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(code, 202, "{body}");
+    }
+    gs.settle().await;
+    let sent: Vec<_> = gs
+        .sim
+        .ledger()
+        .into_iter()
+        .filter(|e| format!("+{}", e.to) == phone)
+        .collect();
+    let kinds: Vec<&str> = sent.iter().map(|e| e.message_type.as_str()).collect();
+    assert_eq!(kinds, ["image", "document"]);
+    assert_eq!(
+        sent[0].components,
+        json!({"type": "image", "originalUrl": "https://cdn.example.com/b.jpg",
+               "previewUrl": "https://cdn.example.com/b.jpg", "caption": "Brochure"})
+    );
+    assert_eq!(
+        sent[1].components,
+        json!({"type": "file", "url": "https://cdn.example.com/b.pdf", "filename": "brochure.pdf"})
+    );
+    gs.daemon.shutdown().await;
+}
+crate::both_backends!(agent_media_replies_go_as_gupshup_media);
+
 /// Gupshup's sync failures (its own codes) and async ones (Meta's codes), classified with the
 /// same table as synchronous errors: retry with backoff, close, opt out, pause the campaign.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

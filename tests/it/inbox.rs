@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tiercast::campaign;
 use tiercast::clock::{Clock, ManualClock, SharedClock, SystemClock};
-use tiercast::config::Config;
+use tiercast::config::{Config, ConfigError};
 use tiercast::domain::{CampaignCommand, CampaignState};
 use tiercast::serve::{self, Daemon, ServeOptions};
 use tiercast::sim::{InboundSpec, PreferenceSpec};
@@ -49,7 +49,17 @@ async fn start_with(db: &TestDb, cfg: &str, clock: SharedClock) -> (Daemon, Conf
 }
 
 async fn sent_campaign(db: &TestDb, n: usize, clock: SharedClock) -> (Daemon, Config, Vec<String>) {
-    let (daemon, config) = start_with(db, &inbox_config(&db.url, ""), clock.clone()).await;
+    sent_campaign_with(db, n, clock, &inbox_config(&db.url, "")).await
+}
+
+/// Campaign `c` of `cfg` started on `n` contacts, all of them pending.
+async fn sent_campaign_with(
+    db: &TestDb,
+    n: usize,
+    clock: SharedClock,
+    cfg: &str,
+) -> (Daemon, Config, Vec<String>) {
+    let (daemon, config) = start_with(db, cfg, clock.clone()).await;
     let phones = numbers(n);
     load(&daemon, &phones).await;
     campaign::command(
@@ -930,3 +940,536 @@ async fn inbound_once_by_wamid_confirmation_and_resume_keeps_a_keyword_opt_out()
     );
     daemon.shutdown().await;
 }
+
+/// The first interaction of `phone` as the API lists it.
+async fn interaction_of(daemon: &Daemon, phone: &str) -> Value {
+    let (code, list) = api(daemon, "GET", "/api/interactions", None).await;
+    assert_eq!(code, 200);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["phone"] == phone)
+        .unwrap_or_else(|| panic!("no interaction for {phone}: {list}"))
+        .clone()
+}
+
+/// Polls the simulator's ledger until an entry to `phone` satisfies `want`.
+async fn wait_for_ledger(
+    daemon: &Daemon,
+    phone: &str,
+    what: &str,
+    want: impl Fn(&tiercast::sim::LedgerEntry) -> bool,
+) -> tiercast::sim::LedgerEntry {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ledger = daemon.simulator.as_ref().unwrap().ledger();
+        if let Some(e) = ledger.iter().find(|e| e.to == phone && want(e)) {
+            return e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{phone}: never sent {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SPEC §4 rule 3 with issue 22 §3: the response timeout closes the rows `no_answer`; a day
+/// later a contact writes without quoting the template. Its agent interaction carries the
+/// campaign (and shows the template it answers), and recontact sends the campaign's template.
+/// Past `inbox.reply_lookback` a reply no longer belongs to the campaign.
+async fn late_unquoted_reply_keeps_its_campaign(db: TestDb) {
+    let clock = ManualClock::new(chrono::Utc::now());
+    let cfg = inbox_config(&db.url, "\n[inbox]\nreply_lookback = \"2d\"\n");
+    let (daemon, config, p) = sent_campaign_with(&db, 2, Arc::new(clock.clone()), &cfg).await;
+    assert_eq!(config.inbox.reply_lookback, Duration::from_secs(2 * 86400));
+    clock.advance(Duration::from_secs(4 * 3600 + 60));
+    wait_for(&daemon, &config, "timeouts", |s| {
+        s.outcomes["no_answer"] == 2
+    })
+    .await;
+
+    // The next day, a reply that quotes nothing.
+    clock.advance(Duration::from_secs(24 * 3600));
+    let mut late = inbound(&p[0], "text", "is the discount still on?", None);
+    late.timestamp = Some(clock.now_millis() / 1000);
+    inject(&daemon, late).await;
+    let i = interaction_of(&daemon, &p[0]).await;
+    assert_eq!(i["campaign"], "c", "{i}");
+    assert_eq!(i["reason"], "late_reply", "{i}");
+    assert_eq!(
+        row_of(&daemon, &p[0], "c").await.1.as_deref(),
+        Some("no_answer"),
+        "the outcome stays"
+    );
+    let id = i["id"].as_i64().unwrap();
+    let (code, one) = api(&daemon, "GET", &format!("/api/interactions/{id}"), None).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        one["template"],
+        json!({"name": "renewal_reminder", "language": "pt_BR"}),
+        "{one}"
+    );
+    let (code, body) = api(
+        &daemon,
+        "POST",
+        &format!("/api/interactions/{id}/recontact"),
+        None,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for_ledger(&daemon, &p[0], "the campaign's recontact template", |e| {
+        e.template_name.as_deref() == Some("window_expired")
+    })
+    .await;
+
+    // Three days after the timeout: past the lookback, the reply has no campaign.
+    clock.advance(Duration::from_secs(2 * 24 * 3600));
+    let mut later = inbound(&p[1], "text", "hello?", None);
+    later.timestamp = Some(clock.now_millis() / 1000);
+    inject(&daemon, later).await;
+    let i = interaction_of(&daemon, &p[1]).await;
+    assert_eq!(i["campaign"], Value::Null, "{i}");
+    daemon.shutdown().await;
+}
+crate::both_backends!(late_unquoted_reply_keeps_its_campaign);
+
+/// `inbox_config` with the campaign's recontact template removed and `line_keys` added to
+/// line `main`.
+fn line_recontact_config(url: &str, line_keys: &str) -> String {
+    inbox_config(url, "")
+        .replace(
+            "recontact_template = { name = \"window_expired\", language = \"pt_BR\" }\n",
+            "",
+        )
+        .replace(
+            "max_in_flight = 16",
+            &format!("max_in_flight = 16\n{line_keys}"),
+        )
+}
+
+/// Recontact uses the campaign's template, else the line's, filled by the line's own
+/// `recontact_variables`; an interaction without a campaign uses the line's too.
+async fn recontact_falls_back_to_the_lines_template_and_mapping(db: TestDb) {
+    let cfg = line_recontact_config(
+        &db.url,
+        "recontact_template = { name = \"window_expired\", language = \"pt_BR\" }\n\
+         recontact_variables = { \"1\" = \"field:nickname|literal:amigo\" }",
+    );
+    let (daemon, config, p) = sent_campaign_with(&db, 1, Arc::new(SystemClock), &cfg).await;
+    assert!(config.campaign("c").unwrap().recontact_template.is_none());
+    let stranger = "+5511988887777";
+    inject(&daemon, inbound(&p[0], "text", "tell me more", None)).await;
+    inject(&daemon, inbound(stranger, "text", "who is this?", None)).await;
+    for (phone, campaign) in [(p[0].as_str(), json!("c")), (stranger, Value::Null)] {
+        let i = interaction_of(&daemon, phone).await;
+        assert_eq!(i["campaign"], campaign, "{i}");
+        let id = i["id"].as_i64().unwrap();
+        let (code, body) = api(
+            &daemon,
+            "POST",
+            &format!("/api/interactions/{id}/recontact"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 202, "{phone}: {body}");
+        let sent = wait_for_ledger(&daemon, phone, "the line's recontact template", |e| {
+            e.template_name.as_deref() == Some("window_expired")
+        })
+        .await;
+        assert_eq!(
+            sent.components[0]["parameters"][0]["text"], "amigo",
+            "filled by the line's mapping: {}",
+            sent.components
+        );
+    }
+    daemon.shutdown().await;
+}
+crate::both_backends!(recontact_falls_back_to_the_lines_template_and_mapping);
+
+/// Without a template on the campaign or the line, the 409 says which is missing.
+async fn recontact_without_a_template_says_what_is_missing(db: TestDb) {
+    let cfg = line_recontact_config(&db.url, "");
+    let (daemon, _config, p) = sent_campaign_with(&db, 1, Arc::new(SystemClock), &cfg).await;
+    let stranger = "+5511988887777";
+    inject(&daemon, inbound(&p[0], "text", "tell me more", None)).await;
+    inject(&daemon, inbound(stranger, "text", "who is this?", None)).await;
+    for (phone, says) in [
+        (p[0].as_str(), "campaign c has no recontact_template"),
+        (stranger, "this interaction has no campaign"),
+    ] {
+        let id = interaction_of(&daemon, phone).await["id"].as_i64().unwrap();
+        let (code, body) = api(
+            &daemon,
+            "POST",
+            &format!("/api/interactions/{id}/recontact"),
+            None,
+        )
+        .await;
+        assert_eq!(code, 409);
+        assert_eq!(body["error"], "no_recontact_template");
+        let message = body["message"].as_str().unwrap();
+        assert!(
+            message.contains(says) && message.contains("line main has no recontact_template"),
+            "{message}"
+        );
+    }
+    daemon.shutdown().await;
+}
+crate::both_backends!(recontact_without_a_template_says_what_is_missing);
+
+/// A recontact template that cannot be filled refuses the start (not the agent's click), with
+/// the file, the line of the file and the key: the line's without `recontact_variables`, and a
+/// campaign's whose placeholders its `variables` do not map.
+async fn unfillable_recontact_templates_refuse_the_start(db: TestDb) {
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let start = |cfg: String| async move {
+        let config = Config::parse(&cfg, "test.toml").unwrap();
+        serve::start(
+            config,
+            ServeOptions {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..ServeOptions::new(Arc::new(SystemClock))
+            },
+        )
+        .await
+    };
+    let cfg = line_recontact_config(
+        &db.url,
+        "recontact_template = { name = \"window_expired\", language = \"pt_BR\" }",
+    );
+    let file_line = cfg
+        .lines()
+        .position(|l| l.starts_with("recontact_template"))
+        .unwrap()
+        + 1;
+    let err = start(cfg).await.err().expect("refused");
+    let err = err.downcast::<ConfigError>().expect("a config error");
+    assert_eq!(err.key, "lines[0].recontact_template");
+    assert_eq!(err.line, Some(file_line));
+    assert!(
+        err.message
+            .contains("placeholder `1` has no variable mapping")
+            && err.message.contains("lines[0].recontact_variables"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("test.toml:{file_line}: ")),
+        "{err}"
+    );
+
+    // The campaign's own: order_update has named placeholders its variables do not map.
+    let cfg = inbox_config(&db.url, "").replace(
+        "recontact_template = { name = \"window_expired\", language = \"pt_BR\" }",
+        "recontact_template = { name = \"order_update\", language = \"en_US\" }",
+    );
+    let err = start(cfg).await.err().expect("refused");
+    let err = err.downcast::<ConfigError>().expect("a config error");
+    assert_eq!(err.key, "campaigns[0].recontact_template");
+    assert!(err.line.is_some());
+    assert!(
+        err.message.contains("first_name") && err.message.contains("campaigns[0].variables"),
+        "{err}"
+    );
+}
+crate::both_backends!(unfillable_recontact_templates_refuse_the_start);
+
+#[test]
+fn recontact_variables_and_opt_in_keywords_are_checked_when_parsed() {
+    let base = main_line_config("sqlite://x.db", "", "");
+    let e = Config::parse(
+        &base.replace(
+            "provider = \"simulator\"",
+            "provider = \"simulator\"\nrecontact_variables = { \"1\" = \"name\" }",
+        ),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "lines[0].recontact_variables");
+    let e = Config::parse(
+        &base.replace(
+            "provider = \"simulator\"",
+            "provider = \"simulator\"\nrecontact_template = { name = \"w\", language = \"en\" }\nrecontact_variables = { \"1\" = \"bogus\" }",
+        ),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "lines[0].recontact_variables.1");
+    let e = Config::parse(
+        &format!("{base}\n[inbox]\nopt_in_keywords = [\"START\", \"stop\"]\n"),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "inbox.opt_in_keywords[1]");
+    assert!(e.message.contains("opt-out keyword"), "{e}");
+    let e = Config::parse(
+        &format!("{base}\n[inbox]\nreply_lookback = \"soon\"\n"),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "inbox.reply_lookback");
+    let c = Config::parse(&base, "t.toml").unwrap();
+    assert_eq!(
+        c.inbox.opt_in_keywords,
+        ["START", "UNSTOP", "VOLTAR", "ALTA"]
+    );
+    assert_eq!(c.inbox.reply_lookback, Duration::from_secs(7 * 86400));
+}
+
+/// Issue 22 §4: an opt-in keyword lifts an opt-out the contact made (keyword, answer) or Meta
+/// made for it, with a confirmation inside the window; an admin's opt-out stays.
+async fn opt_in_keywords_lift_the_contacts_own_opt_outs_only(db: TestDb) {
+    let cfg = inbox_config(
+        &db.url,
+        "\n[inbox]\nopt_in_confirmation = \"Welcome back!\"\n",
+    );
+    let (daemon, _config, p) = sent_campaign_with(&db, 4, Arc::new(SystemClock), &cfg).await;
+    // Out by keyword, by an answer, by Meta's user_preferences, by an admin.
+    inject(&daemon, inbound(&p[0], "text", "PARAR", None)).await;
+    inject(
+        &daemon,
+        inbound(
+            &p[1],
+            "button",
+            "STOP",
+            Some(wamid_of(&daemon, &p[1]).await),
+        ),
+    )
+    .await;
+    let sim = daemon.simulator.as_ref().unwrap();
+    sim.inject_user_preference(PreferenceSpec {
+        phone_number_id: None,
+        wa_id: p[2].trim_start_matches('+').to_string(),
+        value: "stop".into(),
+        timestamp: None,
+    })
+    .unwrap();
+    sim.flush_webhooks().await;
+    let (code, _) = api(
+        &daemon,
+        "POST",
+        "/api/optouts",
+        Some(json!({"phone": p[3], "reason": "asked on the phone"})),
+    )
+    .await;
+    assert_eq!(code, 201);
+    for phone in &p {
+        wait_opted_out(&daemon, phone, true).await;
+    }
+
+    inject(&daemon, inbound(&p[0], "text", " start ", None)).await;
+    inject(&daemon, inbound(&p[1], "text", "Voltar", None)).await;
+    inject(&daemon, inbound(&p[2], "text", "ALTA", None)).await;
+    inject(&daemon, inbound(&p[3], "text", "START", None)).await;
+    for phone in &p[..3] {
+        wait_opted_out(&daemon, phone, false).await;
+        wait_for_ledger(&daemon, phone, "the opt-in confirmation", |e| {
+            e.text.as_deref() == Some("Welcome back!")
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        daemon
+            .store
+            .contact_by_phone(&p[3])
+            .await
+            .unwrap()
+            .unwrap()
+            .opted_out,
+        "an admin's opt-out stays"
+    );
+    assert!(!sim
+        .ledger()
+        .iter()
+        .any(|e| e.to == p[3] && e.text.as_deref() == Some("Welcome back!")));
+    // The admin-opted-out contact's START reaches a person instead.
+    assert_eq!(interaction_of(&daemon, &p[3]).await["state"], "open");
+    daemon.shutdown().await;
+}
+crate::both_backends!(opt_in_keywords_lift_the_contacts_own_opt_outs_only);
+
+/// Issue 22 §4: agents' media replies (image, document, audio, video by link) are sent as
+/// media, never as text only; a body the API cannot send whole is refused with 400 naming the
+/// field, and the window rule holds for media too.
+async fn agent_media_replies_are_sent_by_link_or_refused_naming_the_field(db: TestDb) {
+    let (daemon, _config, p) = sent_campaign(&db, 2, Arc::new(SystemClock)).await;
+    inject(
+        &daemon,
+        inbound(&p[0], "text", "can you send the contract?", None),
+    )
+    .await;
+    let id = interaction_of(&daemon, &p[0]).await["id"].as_i64().unwrap();
+    let reply = |body: Value| {
+        let daemon = &daemon;
+        async move {
+            api(
+                daemon,
+                "POST",
+                &format!("/api/interactions/{id}/reply"),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let sent = [
+        json!({"image": {"link": "https://cdn.example.com/plan.jpg", "caption": "Your plan"}}),
+        json!({"document": {"link": "https://cdn.example.com/c.pdf", "caption": "Contract", "filename": "contract.pdf"}}),
+        json!({"audio": {"link": "https://cdn.example.com/hello.ogg"}}),
+        json!({"video": {"link": "https://cdn.example.com/howto.mp4"}}),
+    ];
+    for body in &sent {
+        let (code, answer) = reply(body.clone()).await;
+        assert_eq!(code, 202, "{body}: {answer}");
+    }
+    for body in &sent {
+        let (kind, media) = body.as_object().unwrap().iter().next().unwrap();
+        let e = wait_for_ledger(&daemon, &p[0], kind, |e| e.message_type == *kind).await;
+        assert_eq!(&e.components, media, "{kind} as sent to the provider");
+    }
+    let ledger = daemon.simulator.as_ref().unwrap().ledger();
+    assert!(
+        !ledger
+            .iter()
+            .any(|e| e.to == p[0] && e.message_type == "text"),
+        "no media went out as text"
+    );
+    let (_, one) = api(&daemon, "GET", &format!("/api/interactions/{id}"), None).await;
+    let kinds: Vec<&str> = one["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["direction"] == "out")
+        .map(|m| m["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["image", "document", "audio", "video"], "{one}");
+    assert_eq!(
+        one["messages"][1]["text"],
+        "Your plan\nhttps://cdn.example.com/plan.jpg"
+    );
+
+    for (body, error, field) in [
+        (
+            json!({"image": {"link": "ftp://x/y.jpg"}}),
+            "bad_media",
+            "image.link",
+        ),
+        (
+            json!({"audio": {"link": "https://x.example/a.ogg", "caption": "hi"}}),
+            "bad_media",
+            "audio.caption",
+        ),
+        (
+            json!({"video": {"link": "https://x.example/v.mp4", "filename": "v.mp4"}}),
+            "bad_media",
+            "video.filename",
+        ),
+        (
+            json!({"image": {"link": "https://x.example/i.jpg", "size": 3}}),
+            "bad_json",
+            "size",
+        ),
+        (
+            json!({"sticker": {"link": "https://x.example/s.webp"}}),
+            "bad_json",
+            "sticker",
+        ),
+        (
+            json!({"text": "see this", "image": {"link": "https://x.example/i.jpg"}}),
+            "bad_json",
+            "text and image",
+        ),
+        (json!({}), "bad_json", "exactly one of text, image"),
+    ] {
+        let (code, answer) = reply(body.clone()).await;
+        assert_eq!(
+            (code, answer["error"].as_str()),
+            (400, Some(error)),
+            "{body}: {answer}"
+        );
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+
+    // Outside the window, media is refused like text.
+    let mut old = inbound(&p[1], "text", "hello?", None);
+    old.timestamp = Some(SystemClock.now_millis() / 1000 - 25 * 3600);
+    inject(&daemon, old).await;
+    let id = interaction_of(&daemon, &p[1]).await["id"].as_i64().unwrap();
+    let (code, answer) = api(
+        &daemon,
+        "POST",
+        &format!("/api/interactions/{id}/reply"),
+        Some(json!({"image": {"link": "https://cdn.example.com/plan.jpg"}})),
+    )
+    .await;
+    assert_eq!(
+        (code, answer["error"].as_str()),
+        (409, Some("window_expired"))
+    );
+    daemon.shutdown().await;
+}
+crate::both_backends!(agent_media_replies_are_sent_by_link_or_refused_naming_the_field);
+
+/// A recontact template not synced at start is only logged; the click then says what is
+/// missing: the template on the line, and once it is synced, the mapping of its placeholder.
+async fn recontact_click_names_what_the_template_lacks(db: TestDb) {
+    use tiercast::provider::Provider;
+    let cfg = line_recontact_config(
+        &db.url,
+        "recontact_template = { name = \"later_recontact\", language = \"en_US\" }",
+    );
+    let (daemon, _config, p) = sent_campaign_with(&db, 1, Arc::new(SystemClock), &cfg).await;
+    inject(&daemon, inbound(&p[0], "text", "tell me more", None)).await;
+    let id = interaction_of(&daemon, &p[0]).await["id"].as_i64().unwrap();
+    let click = || async {
+        api(
+            &daemon,
+            "POST",
+            &format!("/api/interactions/{id}/recontact"),
+            None,
+        )
+        .await
+    };
+    let (code, body) = click().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("recontact_template_unusable"))
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("later_recontact (en_US) is not synced on line main"),
+        "{body}"
+    );
+
+    // Created, approved and synced while the daemon runs: its placeholder has no mapping.
+    daemon.lines["main"]
+        .provider
+        .create_template(
+            &json!({"name": "later_recontact", "language": "en_US", "category": "UTILITY",
+            "components": [{"type": "BODY", "text": "Hi {{1}}, shall we go on?",
+                            "example": {"body_text": [["Maria"]]}}]}),
+        )
+        .await
+        .unwrap();
+    let sim = daemon.simulator.as_ref().unwrap();
+    assert!(sim.review_template("later_recontact", "en_US", "APPROVED", None));
+    let clock: SharedClock = Arc::new(SystemClock);
+    serve::sync_templates(&daemon.store, &clock, &daemon.lines, None).await;
+    let (code, body) = click().await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("recontact_template_unusable"))
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("placeholder `1` has no variable mapping")
+            && message.contains("lines[0].recontact_variables"),
+        "{message}"
+    );
+    daemon.shutdown().await;
+}
+crate::both_backends!(recontact_click_names_what_the_template_lacks);

@@ -46,6 +46,10 @@ pub struct CampaignStatus {
     pub delivered: u64,
     pub read: u64,
     pub waiting_for_tier: u64,
+    /// Sent messages Meta holds back while it assesses the template's quality (pacing).
+    pub held_for_quality_assessment: u64,
+    /// Sent messages Meta answered `paused` for (their template's pacing paused them).
+    pub paused_by_meta: u64,
 }
 
 pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Campaign, CampaignError> {
@@ -110,6 +114,8 @@ pub async fn status(
         delivered: counts.delivered,
         read: counts.read,
         waiting_for_tier: store.waiting_for_tier(row.id).await?,
+        held_for_quality_assessment: counts.held_for_quality_assessment,
+        paused_by_meta: counts.paused_by_meta,
     })
 }
 

@@ -541,6 +541,12 @@ pub fn print_status(s: &CampaignStatus) {
         "messages sent {}  delivered {}  read {}  waiting for tier {}",
         s.sent, s.delivered, s.read, s.waiting_for_tier
     );
+    if s.held_for_quality_assessment + s.paused_by_meta > 0 {
+        println!(
+            "held by Meta's pacing: held for quality assessment {}  paused {}",
+            s.held_for_quality_assessment, s.paused_by_meta
+        );
+    }
     let outcomes: Vec<String> = s
         .outcomes
         .iter()

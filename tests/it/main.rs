@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod brakes;
 mod campaigns;
 mod crash;
 mod dbfaults;

@@ -481,7 +481,7 @@ async fn campaign_action(
                 "CAMPAIGN", "STATE", "LINE", "TOTAL", "FRESH", "RETRY", "PENDING", "CLOSED"
             );
             for c in &config.campaigns {
-                let s = campaign::status(store, clock, c).await?;
+                let s = campaign::status(store, clock, config, c).await?;
                 println!(
                     "{:<24} {:<10} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
                     s.name,
@@ -498,7 +498,7 @@ async fn campaign_action(
         }
         CampaignAction::Status { name, json } => {
             let c = campaign::find(config, &name)?;
-            let s = campaign::status(store, clock, c).await?;
+            let s = campaign::status(store, clock, config, c).await?;
             if json {
                 println!(
                     "{}",
@@ -516,7 +516,7 @@ async fn campaign_action(
     };
     let row = campaign::command(store, clock, config, &name, cmd).await?;
     let c = campaign::find(config, &name)?;
-    let s = campaign::status(store, clock, c).await?;
+    let s = campaign::status(store, clock, config, c).await?;
     println!(
         "campaign {} is {} ({} contacts in the hopper, {} closed)",
         row.name, row.state, s.hopper["total"], s.hopper["closed"]
@@ -531,6 +531,9 @@ pub fn print_status(s: &CampaignStatus) {
     );
     if let Some(reason) = &s.paused_reason {
         println!("paused: {reason}");
+    }
+    for why in &s.not_sending {
+        println!("not sending: {}", why.message);
     }
     let h = &s.hopper;
     println!(

@@ -121,3 +121,52 @@ impl Store {
         Ok(())
     }
 }
+
+/// Why a running campaign's unsent rows are not going out, as far as the hopper tells.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldRows {
+    /// Rows waiting for a messaging-limit slot (or a ramp's daily cap), and the earliest
+    /// time one of them is due again.
+    pub waiting_for_tier: u64,
+    pub tier_slot_at: Option<Millis>,
+    /// Due rows whose contact has an open interaction on the line: a pending row or a send in
+    /// flight of another campaign, or an open agent conversation (SPEC §2 rule 3).
+    pub held_by_open_interactions: u64,
+}
+
+impl Store {
+    /// What holds the campaign's unsent rows back at `now` (see [`HeldRows`]). Reads every due
+    /// row of the campaign: meant for status views, not for the send path.
+    pub async fn held_rows(
+        &self,
+        campaign_id: i64,
+        line: &str,
+        now: Millis,
+    ) -> StoreResult<HeldRows> {
+        let tier = sqlx::query(
+            "SELECT COUNT(*), MIN(next_attempt_at) FROM hopper \
+             WHERE campaign_id = $1 AND waiting_for_tier = 1 AND state IN ('fresh', 'retry')",
+        )
+        .bind(campaign_id)
+        .fetch_one(&self.pool)
+        .await?;
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM hopper h WHERE h.campaign_id = $1 AND h.state IN ('fresh', 'retry') \
+               AND h.next_attempt_at <= $2 AND h.inflight_attempt_id IS NULL \
+               AND (EXISTS (SELECT 1 FROM hopper o WHERE o.contact_id = h.contact_id AND o.line = $3 \
+                            AND o.id <> h.id AND (o.state = 'pending' OR o.inflight_attempt_id IS NOT NULL)) \
+                    OR EXISTS (SELECT 1 FROM interactions i JOIN contacts ic ON ic.phone = i.phone \
+                               WHERE ic.id = h.contact_id AND i.line = $3 AND i.state = 'open'))",
+        )
+        .bind(campaign_id)
+        .bind(now)
+        .bind(line)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(HeldRows {
+            waiting_for_tier: tier.try_get::<i64, _>(0)? as u64,
+            tier_slot_at: tier.try_get(1)?,
+            held_by_open_interactions: held as u64,
+        })
+    }
+}

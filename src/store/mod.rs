@@ -18,7 +18,7 @@ mod templates;
 mod tiers;
 
 pub use admin::{ContactCampaignRow, OptOutRecord};
-pub use brakes::Verdict;
+pub use brakes::{HeldRows, Verdict};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{

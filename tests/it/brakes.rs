@@ -195,9 +195,14 @@ lists = ["l"]
     }
 
     async fn status(&self, db: &TestDb) -> tiercast::campaign::CampaignStatus {
-        tiercast::campaign::status(&db.store, &db.clock, self.config.campaign("c").unwrap())
-            .await
-            .unwrap()
+        tiercast::campaign::status(
+            &db.store,
+            &db.clock,
+            &self.config,
+            self.config.campaign("c").unwrap(),
+        )
+        .await
+        .unwrap()
     }
 
     /// (state, outcome, last error code, attempts) of a contact's row.
@@ -454,3 +459,92 @@ async fn held_statuses_from_the_send_answer_are_recorded_and_shown(db: TestDb) {
     );
 }
 both_backends!(held_statuses_from_the_send_answer_are_recorded_and_shown);
+
+/// A running campaign that does not send says why: outside its hours (until when), contacts
+/// waiting for the tier (next slot at), contacts held by another campaign's pending rows.
+async fn a_running_campaign_that_does_not_send_says_why(db: TestDb) {
+    let rig = Rig::new(
+        &db,
+        3,
+        r#"time_group = "night"
+
+[[campaigns]]
+name = "c2"
+line = "main"
+template = { name = "promo", language = "en" }
+lists = ["l"]
+
+[[time_groups]]
+name = "night"
+timezone = "UTC"
+windows = [ { days = "mon-sun", from = "01:00", to = "02:00" } ]
+"#,
+    )
+    .await;
+    // 12:00 UTC: the night window opens at 01:00 tomorrow; nothing is claimed.
+    assert_eq!(rig.pass(10).await.claimed, 0);
+    let s = rig.status(&db).await;
+    assert_eq!(s.state, CampaignState::Running);
+    let why = &s.not_sending;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert_eq!(why[0].reason, "outside_hours");
+    assert_eq!(why[0].until.as_deref(), Some("2026-11-24T01:00:00.000Z"));
+    assert_eq!(
+        why[0].message,
+        "outside its hours until 2026-11-24T01:00:00.000Z"
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["not_sending"][0]["reason"], "outside_hours");
+
+    // c2 (no time group) sends everyone; c, once open, finds them all pending on c2.
+    tiercast::campaign::command(
+        &db.store,
+        &db.clock,
+        &rig.config,
+        "c2",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    assert_eq!(rig.pass(10).await.accepted, 3);
+    db.clock
+        .advance(std::time::Duration::from_secs(13 * 3600 + 60));
+    assert_eq!(rig.pass(10).await.claimed, 0);
+    let s = rig.status(&db).await;
+    let why = &s.not_sending;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert_eq!(
+        (why[0].reason, why[0].contacts),
+        ("held_by_open_interactions", Some(3))
+    );
+    assert!(why[0]
+        .message
+        .starts_with("3 contacts held by an open interaction on line main"));
+
+    // Rows the tier budget held back wait for their slot (as `claim_due` leaves them).
+    let slot = db.clock.now_millis() + 3_600_000;
+    sqlx::query("UPDATE hopper SET waiting_for_tier = 1, next_attempt_at = $1 WHERE campaign_id = (SELECT id FROM campaigns WHERE name = 'c')")
+        .bind(slot)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let s = rig.status(&db).await;
+    let why = &s.not_sending;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert_eq!(
+        (why[0].reason, why[0].contacts, why[0].until.as_deref()),
+        (
+            "waiting_for_tier",
+            Some(3),
+            Some("2026-11-24T02:01:00.000Z")
+        )
+    );
+    assert!(
+        why[0]
+            .message
+            .contains("next slot at 2026-11-24T02:01:00.000Z"),
+        "{}",
+        why[0].message
+    );
+}
+both_backends!(a_running_campaign_that_does_not_send_says_why);

@@ -169,9 +169,14 @@ async fn answers_by_button_with_and_without_context_accents_and_handoff() {
         row_of(&daemon, &p[3], "c").await.2.as_deref(),
         Some("CALL ME")
     );
-    let s = campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
-        .await
-        .unwrap();
+    let s = campaign::status(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        config.campaign("c").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             s.answers["yes"],

@@ -74,9 +74,14 @@ pub(crate) async fn load(daemon: &Daemon, phones: &[String]) {
 }
 
 pub(crate) async fn status(daemon: &Daemon, config: &Config) -> campaign::CampaignStatus {
-    campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
-        .await
-        .unwrap()
+    campaign::status(
+        &daemon.store,
+        &SystemClock,
+        config,
+        config.campaign("c").unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Polls until `done` or the deadline; the deadline is a safety net, not a timing assertion.

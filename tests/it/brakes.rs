@@ -71,6 +71,8 @@ fn answer(a: &Answer, to: &str, n: u64) -> ResponseTemplate {
 
 impl Rig {
     async fn new(db: &TestDb, contacts: usize, campaign_keys: &str) -> Rig {
+        // The process-wide recorder, so the metrics of these passes can be read back.
+        tiercast::serve::metrics_handle();
         let server = MockServer::start().await;
         let script = Arc::new(Mutex::new(Script {
             default: Some(Answer::Accept),
@@ -386,6 +388,7 @@ async fn max_failure_rate_pauses_a_campaign_whose_sends_fail(db: TestDb) {
         "{reason}"
     );
     assert!(reason.contains("max_failure_rate 20.0%"), "{reason}");
+    assert!(metric("tiercast_campaign_failure_rate", &[("campaign", "c")]).is_some());
     assert_eq!((s.outcomes["failed"], s.hopper["fresh"]), (20, 10), "{s:?}");
     assert_eq!(rig.tries(), 20);
 }
@@ -449,6 +452,13 @@ async fn held_statuses_from_the_send_answer_are_recorded_and_shown(db: TestDb) {
             Some("accepted".into())
         )
     );
+    for status in ["held_for_quality_assessment", "paused"] {
+        let n = metric(
+            "tiercast_message_status_total",
+            &[("line", "main"), ("status", status)],
+        );
+        assert!(n.is_some_and(|n| n >= 1.0), "{status}: {n:?}");
+    }
     // Meta releases the held message.
     rig.status_webhook(&db, &rig.phones[0], "sent", None).await;
     let s = rig.status(&db).await;
@@ -548,3 +558,17 @@ windows = [ { days = "mon-sun", from = "01:00", to = "02:00" } ]
     );
 }
 both_backends!(a_running_campaign_that_does_not_send_says_why);
+
+/// The value of the first sample of `name` whose labels include every one of `labels`, in
+/// the process-wide recorder's rendering (other tests of this process add to it too).
+fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = tiercast::serve::metrics_handle().unwrap().render();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}

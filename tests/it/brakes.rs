@@ -344,6 +344,33 @@ async fn request_errors_apart_do_not_pause(db: TestDb) {
 }
 both_backends!(request_errors_apart_do_not_pause);
 
+/// Request-shaped errors also arrive in `failed` status webhooks (131053, media could not be
+/// fetched): the same rule, in send order. The last three sends failing so pause the campaign;
+/// their rows are closed `failed`, the earlier ones stay pending.
+async fn request_errors_in_status_webhooks_follow_the_same_rule(db: TestDb) {
+    let rig = Rig::new(&db, 5, "pause_after_same_error = 3").await;
+    assert_eq!(rig.pass(10).await.accepted, 5);
+    for (i, phone) in rig.phones.iter().enumerate().skip(2) {
+        assert_eq!(
+            rig.status(&db).await.state,
+            CampaignState::Running,
+            "paused before the third failure ({i})"
+        );
+        rig.status_webhook(&db, phone, "failed", Some(131053)).await;
+    }
+    let s = rig.status(&db).await;
+    assert_eq!(s.state, CampaignState::Paused, "{s:?}");
+    assert!(
+        s.paused_reason
+            .as_deref()
+            .unwrap()
+            .contains("(error 131053) on the last 3 distinct contacts"),
+        "{s:?}"
+    );
+    assert_eq!((s.outcomes["failed"], s.hopper["pending"]), (3, 2), "{s:?}");
+}
+both_backends!(request_errors_in_status_webhooks_follow_the_same_rule);
+
 /// An error that is always the campaign's (190, token expired) pauses at once and leaves the
 /// contact due, but the try counts: however often the campaign is resumed, no contact is tried
 /// more than `max_attempts` times; it ends `exhausted`.

@@ -338,8 +338,8 @@ pub fn classify_gupshup_rejection(http_status: u16, message: &str) -> Classifica
 /// - 429 → `Throttled`: the standard "slow down", rejected before processing.
 /// - 408 → `Retryable`: by definition the server did not receive the whole request.
 /// - other 4xx → `Campaign`: something between us and Meta rejects the request shape, the URL or
-///   the credentials; it is deterministic and would repeat for every contact, so pausing spends
-///   nothing while burning attempts would spend the whole list.
+///   the credentials; it is deterministic and would repeat for every contact, so pausing costs
+///   the sends in flight one try each, while burning attempts would spend the whole list.
 /// - 5xx → `Ambiguous`: a gateway error can come after Meta accepted the message.
 /// - anything else (a 2xx whose body we cannot read, a redirect) → `Ambiguous`: a 2xx may well
 ///   mean the message was accepted.

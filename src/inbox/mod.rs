@@ -489,28 +489,33 @@ impl Inbox {
         self.store
             .note_status_failure(target.hopper_id, wamid, code, c.class, &text, now)
             .await?;
-        let reason = if c.class == ErrorClass::Campaign {
-            Some(format!("{} (error {code} in a status webhook)", c.title))
-        } else {
-            None
-        };
+        if c.class == ErrorClass::Campaign {
+            // Paused before the row is due again, so no line sends it meanwhile.
+            let reason = format!("{} (error {code} in a status webhook)", c.title);
+            brakes::pause(
+                &self.store,
+                target.campaign_id,
+                &campaign.name,
+                &reason,
+                now,
+            )
+            .await?;
+            self.store
+                .fail_pending(target.hopper_id, &action, code, &text, now)
+                .await?;
+            return Ok(());
+        }
         self.store
             .fail_pending(target.hopper_id, &action, code, &text, now)
             .await?;
-        let reason = match reason {
-            Some(reason) => Some(reason),
-            None => {
-                let failure = ContactFailure {
-                    campaign: &campaign,
-                    campaign_id: target.campaign_id,
-                    contact_id: target.contact_id,
-                    class: &c,
-                    code: Some(code),
-                };
-                brakes::after_contact_failure(&self.store, &failure).await?
-            }
+        let failure = ContactFailure {
+            campaign: &campaign,
+            campaign_id: target.campaign_id,
+            contact_id: target.contact_id,
+            class: &c,
+            code: Some(code),
         };
-        if let Some(reason) = reason {
+        if let Some(reason) = brakes::after_contact_failure(&self.store, &failure).await? {
             brakes::pause(
                 &self.store,
                 target.campaign_id,

@@ -599,3 +599,26 @@ fn metric(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// A `ramp` campaign's held rows wait for the ramp's cap (Meta's next upgrade), and say so.
+async fn a_ramp_campaign_held_by_its_cap_says_it_waits_for_the_ramp(db: TestDb) {
+    let rig = Rig::new(&db, 2, "ramp = true").await;
+    let slot = db.clock.now_millis() + 600_000;
+    sqlx::query("UPDATE hopper SET waiting_for_tier = 1, next_attempt_at = $1")
+        .bind(slot)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rig.pass(10).await.claimed, 0);
+    let why = rig.status(&db).await.not_sending;
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert_eq!(
+        (why[0].reason, why[0].contacts, why[0].until.as_deref()),
+        (
+            "waiting_for_ramp",
+            Some(2),
+            Some("2026-11-23T12:10:00.000Z")
+        )
+    );
+}
+both_backends!(a_ramp_campaign_held_by_its_cap_says_it_waits_for_the_ramp);

@@ -1,10 +1,11 @@
 //! Campaign life cycle (draft → running ⇄ paused → stopped / completed) and its status view.
 //! Used by the CLI and the admin API alike, so both refuse and report the same way.
 
-use crate::clock::Clock;
+use crate::clock::{self, Clock};
 use crate::config::{Campaign, Config};
 use crate::domain::{CampaignCommand, CampaignState, HopperState, Outcome, TransitionRefused};
 use crate::store::{CampaignRow, Store, StoreError};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -46,6 +47,103 @@ pub struct CampaignStatus {
     pub delivered: u64,
     pub read: u64,
     pub waiting_for_tier: u64,
+    /// Sent messages Meta holds back while it assesses the template's quality (pacing).
+    pub held_for_quality_assessment: u64,
+    /// Sent messages Meta answered `paused` for (their template's pacing paused them).
+    pub paused_by_meta: u64,
+    /// For a running campaign: what holds its unsent contacts back now (empty otherwise).
+    pub not_sending: Vec<NotSending>,
+}
+
+/// One reason a running campaign does not send (some of) its contacts now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotSending {
+    /// `before_start`, `outside_hours`, `waiting_for_tier`, `waiting_for_ramp` or
+    /// `held_by_open_interactions`.
+    pub reason: &'static str,
+    /// The same, for a person.
+    pub message: String,
+    /// When it ends, if known (RFC 3339, UTC).
+    pub until: Option<String>,
+    /// How many contacts it holds, when it holds some rather than the whole campaign.
+    pub contacts: Option<u64>,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// What holds a running campaign back (see [`NotSending`]); the dispatcher's own gates:
+/// `start_at`, the time group, the tier budget (or the ramp's cap) and SPEC §2 rule 3.
+async fn not_sending(
+    store: &Store,
+    config: &Config,
+    campaign: &Campaign,
+    campaign_id: i64,
+    now: DateTime<Utc>,
+) -> Result<Vec<NotSending>, StoreError> {
+    let mut out = Vec::new();
+    if let Some(start) = campaign.start_at.filter(|start| now < *start) {
+        out.push(NotSending {
+            reason: "before_start",
+            message: format!("starts at {}", rfc3339(start)),
+            until: Some(rfc3339(start)),
+            contacts: None,
+        });
+    }
+    let group = config.time_group_for(campaign);
+    if !campaign.local_time && !group.is_open(now) {
+        let opens = group.next_open_after(now).map(rfc3339);
+        out.push(NotSending {
+            reason: "outside_hours",
+            message: match &opens {
+                Some(at) => format!("outside its hours until {at}"),
+                None => "outside its hours, which do not open within a year".into(),
+            },
+            until: opens,
+            contacts: None,
+        });
+    }
+    let held = store
+        .held_rows(campaign_id, &campaign.line, clock::to_millis(now))
+        .await?;
+    if held.waiting_for_tier > 0 {
+        let (reason, what) = if campaign.ramp {
+            (
+                "waiting_for_ramp",
+                "the ramp's daily cap (Meta's next upgrade)",
+            )
+        } else {
+            ("waiting_for_tier", "the messaging limit (tier)")
+        };
+        let until = held.tier_slot_at.map(|ms| rfc3339(clock::from_millis(ms)));
+        out.push(NotSending {
+            reason,
+            message: format!(
+                "{} contacts waiting for {what}{}",
+                held.waiting_for_tier,
+                until
+                    .as_ref()
+                    .map(|at| format!("; next slot at {at}"))
+                    .unwrap_or_default()
+            ),
+            until,
+            contacts: Some(held.waiting_for_tier),
+        });
+    }
+    if held.held_by_open_interactions > 0 {
+        out.push(NotSending {
+            reason: "held_by_open_interactions",
+            message: format!(
+                "{} contacts held by an open interaction on line {} (another campaign's \
+                 pending row or an agent conversation)",
+                held.held_by_open_interactions, campaign.line
+            ),
+            until: None,
+            contacts: Some(held.held_by_open_interactions),
+        });
+    }
+    Ok(out)
 }
 
 pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Campaign, CampaignError> {
@@ -64,6 +162,7 @@ pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Campaign, Campaign
 pub async fn status(
     store: &Store,
     clock: &dyn Clock,
+    config: &Config,
     campaign: &Campaign,
 ) -> Result<CampaignStatus, CampaignError> {
     let row = store
@@ -110,6 +209,13 @@ pub async fn status(
         delivered: counts.delivered,
         read: counts.read,
         waiting_for_tier: store.waiting_for_tier(row.id).await?,
+        held_for_quality_assessment: counts.held_for_quality_assessment,
+        paused_by_meta: counts.paused_by_meta,
+        not_sending: if row.state == CampaignState::Running {
+            not_sending(store, config, campaign, row.id, clock.now()).await?
+        } else {
+            Vec::new()
+        },
     })
 }
 

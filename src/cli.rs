@@ -519,7 +519,7 @@ async fn campaign_action(
                 "CAMPAIGN", "STATE", "LINE", "TOTAL", "FRESH", "RETRY", "PENDING", "CLOSED"
             );
             for c in &config.campaigns {
-                let s = campaign::status(store, clock, c).await?;
+                let s = campaign::status(store, clock, config, c).await?;
                 println!(
                     "{:<24} {:<10} {:<12} {:>8} {:>8} {:>8} {:>8} {:>8}",
                     s.name,
@@ -536,7 +536,7 @@ async fn campaign_action(
         }
         CampaignAction::Status { name, json } => {
             let c = campaign::find(config, &name)?;
-            let s = campaign::status(store, clock, c).await?;
+            let s = campaign::status(store, clock, config, c).await?;
             if json {
                 println!(
                     "{}",
@@ -554,7 +554,7 @@ async fn campaign_action(
     };
     let row = campaign::command(store, clock, config, &name, cmd).await?;
     let c = campaign::find(config, &name)?;
-    let s = campaign::status(store, clock, c).await?;
+    let s = campaign::status(store, clock, config, c).await?;
     println!(
         "campaign {} is {} ({} contacts in the hopper, {} closed)",
         row.name, row.state, s.hopper["total"], s.hopper["closed"]
@@ -570,6 +570,9 @@ pub fn print_status(s: &CampaignStatus) {
     if let Some(reason) = &s.paused_reason {
         println!("paused: {reason}");
     }
+    for why in &s.not_sending {
+        println!("not sending: {}", why.message);
+    }
     let h = &s.hopper;
     println!(
         "hopper   total {}  fresh {}  retry {}  pending {}  closed {}",
@@ -579,6 +582,12 @@ pub fn print_status(s: &CampaignStatus) {
         "messages sent {}  delivered {}  read {}  waiting for tier {}",
         s.sent, s.delivered, s.read, s.waiting_for_tier
     );
+    if s.held_for_quality_assessment + s.paused_by_meta > 0 {
+        println!(
+            "held by Meta's pacing: held for quality assessment {}  paused {}",
+            s.held_for_quality_assessment, s.paused_by_meta
+        );
+    }
     let outcomes: Vec<String> = s
         .outcomes
         .iter()

@@ -74,7 +74,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .store
         .ensure_campaign(DEMO_CAMPAIGN, clock.now_millis())
         .await?;
-    let first = campaign::status(&daemon.store, clock.as_ref(), c).await?;
+    let first = campaign::status(&daemon.store, clock.as_ref(), &config, c).await?;
     let to_send = first.hopper["total"] - first.hopper["closed"];
     let bar = if std::io::stdout().is_terminal() {
         ProgressBar::new(to_send)
@@ -89,7 +89,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let mut last_line = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let s = campaign::status(&daemon.store, clock.as_ref(), c).await?;
+        let s = campaign::status(&daemon.store, clock.as_ref(), &config, c).await?;
         // Done when nothing is due now; retries scheduled later (backoff) stay in the hopper.
         let due = daemon
             .store
@@ -132,7 +132,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         sim.flush_webhooks().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let s = campaign::status(&daemon.store, clock.as_ref(), c).await?;
+    let s = campaign::status(&daemon.store, clock.as_ref(), &config, c).await?;
     println!();
     print_status(&s);
     println!(

@@ -14,6 +14,7 @@
 //! step function tests drive; [`Dispatcher::run_line`] is the daemon's loop around the same
 //! pieces, with many sends in flight.
 
+use crate::brakes::{self, ContactFailure};
 use crate::campaign::{self, CampaignError};
 use crate::clock::{Clock, Millis, SharedClock};
 use crate::config::{Campaign, Config};
@@ -51,6 +52,8 @@ pub fn parse_callback_data(data: &str) -> Option<i64> {
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 /// How long a throttled row waits when the error names no delay.
 const THROTTLE_DELAY: Duration = Duration::from_secs(1);
+/// Meta's `message_status` values for an accepted message its pacing holds back.
+const HELD_STATUSES: [&str; 2] = ["held_for_quality_assessment", "paused"];
 /// The pair rate limit: one message per contact per 6 s (reference §4.3).
 const PAIR_RATE_DELAY: Duration = Duration::from_secs(6);
 
@@ -264,21 +267,7 @@ impl Dispatcher {
     }
 
     async fn pause(&self, campaign_id: i64, name: &str, reason: &str) -> Result<bool, StoreError> {
-        let moved = self
-            .store
-            .transition_campaign(
-                campaign_id,
-                CampaignState::Running,
-                CampaignState::Paused,
-                Some(reason),
-                self.now(),
-            )
-            .await?;
-        if moved {
-            tracing::error!(campaign = %name, %reason, "campaign paused");
-            m::campaign_paused(name);
-        }
-        Ok(moved)
+        brakes::pause(&self.store, campaign_id, name, reason, self.now()).await
     }
 
     /// Abandons attempts whose fate stayed unknown past `reconcile_after` (their contacts
@@ -537,9 +526,11 @@ impl Dispatcher {
                 return Ok(SendResult::Failed);
             }
             Err(e) => {
+                // Nothing was sent: no attempt is spent.
                 self.break_campaign(
                     campaign,
                     row.attempt_id,
+                    &FailureAction::Untouched,
                     None,
                     &format!("template {}: {e}", campaign.template.name),
                 )
@@ -574,13 +565,29 @@ impl Dispatcher {
                 campaign.sent.increment(1);
                 tracing::Span::current().record("wamid", accepted.wamid.as_str());
                 tracing::debug!(wamid = %accepted.wamid, status = ?accepted.message_status, "template accepted");
+                if let Some(held) = accepted
+                    .message_status
+                    .as_deref()
+                    .filter(|s| HELD_STATUSES.contains(s))
+                {
+                    // Meta's pacing holds the message: shown in status, report and metrics.
+                    self.store
+                        .record_held_status(&accepted.wamid, held, now)
+                        .await?;
+                    m::message_statuses(&rt.line.name, held, 1);
+                }
                 Ok(SendResult::Accepted)
             }
             Err(error) => {
                 self.failed(
                     rt,
                     campaign,
-                    &row_view(row.attempt_id, row.attempts, &contact.phone),
+                    &RowView {
+                        attempt_id: row.attempt_id,
+                        contact_id: row.contact_id,
+                        attempts: row.attempts,
+                        phone: &contact.phone,
+                    },
                     error,
                 )
                 .await
@@ -638,7 +645,7 @@ impl Dispatcher {
                         .unwrap_or_else(|| error.code_label()),
                     text
                 );
-                self.break_campaign(campaign, row.attempt_id, code, &reason)
+                self.break_campaign(campaign, row.attempt_id, &action, code, &reason)
                     .await?;
                 Ok(SendResult::Failed)
             }
@@ -664,29 +671,36 @@ impl Dispatcher {
                 self.store
                     .record_failure(row.attempt_id, &action, code, c.class.as_str(), &text, now)
                     .await?;
+                let failure = ContactFailure {
+                    campaign: &campaign.config,
+                    campaign_id: campaign.id,
+                    contact_id: row.contact_id,
+                    class: &c,
+                    code,
+                };
+                if let Some(reason) = brakes::after_contact_failure(&self.store, &failure).await? {
+                    campaign.paused.store(true, Ordering::SeqCst);
+                    self.pause(campaign.id, &campaign.config.name, &reason)
+                        .await?;
+                }
                 Ok(SendResult::Failed)
             }
         }
     }
 
-    /// A failure that is the campaign's fault: the row stays as it was, the campaign pauses.
+    /// A failure that is the campaign's fault: the row stays due (`action` says whether the
+    /// attempt counts), the campaign pauses.
     async fn break_campaign(
         &self,
         campaign: &ActiveCampaign,
         attempt_id: i64,
+        action: &FailureAction,
         code: Option<i64>,
         reason: &str,
     ) -> Result<(), StoreError> {
         campaign.paused.store(true, Ordering::SeqCst);
         self.store
-            .record_failure(
-                attempt_id,
-                &FailureAction::Untouched,
-                code,
-                "campaign",
-                reason,
-                self.now(),
-            )
+            .record_failure(attempt_id, action, code, "campaign", reason, self.now())
             .await?;
         self.pause(campaign.id, &campaign.config.name, reason)
             .await?;
@@ -911,16 +925,9 @@ fn refresh_due(
 
 struct RowView<'a> {
     attempt_id: i64,
+    contact_id: i64,
     attempts: i64,
     phone: &'a str,
-}
-
-fn row_view(attempt_id: i64, attempts: i64, phone: &str) -> RowView<'_> {
-    RowView {
-        attempt_id,
-        attempts,
-        phone,
-    }
 }
 
 /// What a failure does to the row (SPEC §2 rule 4), from the classification and the
@@ -972,7 +979,17 @@ pub fn failure_action(
                 Outcome::Failed
             },
         },
-        ErrorClass::Campaign => FailureAction::Untouched,
+        // The contact's until `brakes` finds the same code on several contacts in a row.
+        ErrorClass::Request => FailureAction::Close {
+            outcome: Outcome::Failed,
+        },
+        // The campaign pauses; the contact stays due at resume, but the attempt was made and
+        // counts, so no contact is tried more than `max_attempts` times however often the
+        // campaign is resumed.
+        ErrorClass::Campaign => FailureAction::Retry {
+            at: now,
+            max_attempts: i64::from(campaign.max_attempts),
+        },
         ErrorClass::Ambiguous => FailureAction::Unknown,
     }
 }
@@ -981,6 +998,30 @@ pub fn failure_action(
 mod tests {
     use super::*;
     use crate::domain::error_class::classify_meta;
+
+    #[test]
+    fn request_errors_close_the_contact_and_campaign_errors_spend_the_attempt() {
+        let config = Config::parse(
+            "[[lines]]\nname = \"m\"\nprovider = \"simulator\"\n[[campaigns]]\nname = \"c\"\nline = \"m\"\n\
+             template = { name = \"t\", language = \"en\" }\nlists = [\"l\"]\nmax_attempts = 2\n",
+            "t.toml",
+        )
+        .unwrap();
+        let campaign = &config.campaigns[0];
+        assert_eq!(
+            failure_action(campaign, &classify_meta(100), 0, 0, 7),
+            FailureAction::Close {
+                outcome: Outcome::Failed
+            }
+        );
+        assert_eq!(
+            failure_action(campaign, &classify_meta(190), 1, 0, 7),
+            FailureAction::Retry {
+                at: 7,
+                max_attempts: 2
+            }
+        );
+    }
 
     #[test]
     fn pair_rate_hits_back_off_four_to_the_n_seconds_and_spend_nothing() {

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod brakes;
 pub mod campaign;
 pub mod cli;
 pub mod clock;

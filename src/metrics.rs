@@ -11,6 +11,7 @@ pub const HOPPER_CONTACTS: &str = "tiercast_hopper_contacts";
 pub const CAMPAIGN_OUTCOMES: &str = "tiercast_campaign_outcomes_total";
 pub const CAMPAIGN_STATE: &str = "tiercast_campaign_state";
 pub const CAMPAIGN_PAUSES: &str = "tiercast_campaign_pauses_total";
+pub const CAMPAIGN_FAILURE_RATE: &str = "tiercast_campaign_failure_rate";
 pub const TIER_LIMIT: &str = "tiercast_tier_limit";
 pub const TIER_USED: &str = "tiercast_tier_used";
 pub const WAITING_FOR_TIER: &str = "tiercast_waiting_for_tier";
@@ -51,6 +52,11 @@ pub fn line_throughput(line: &str, mps: u32) {
 
 pub fn campaign_paused(campaign: &str) {
     counter!(CAMPAIGN_PAUSES, "campaign" => campaign.to_string()).increment(1);
+}
+
+/// The failure rate `max_failure_rate` was last compared with (0 – 1), per campaign.
+pub fn campaign_failure_rate(campaign: &str, rate: f64) {
+    gauge!(CAMPAIGN_FAILURE_RATE, "campaign" => campaign.to_string()).set(rate);
 }
 
 pub fn hopper_contacts(campaign: &str, state: &str, n: u64) {

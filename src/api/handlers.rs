@@ -65,7 +65,7 @@ pub async fn campaigns(
 ) -> ApiResult<Json<Vec<campaign::CampaignStatus>>> {
     let mut out = Vec::with_capacity(state.config.campaigns.len());
     for c in &state.config.campaigns {
-        out.push(campaign::status(&state.store, &*state.clock, c).await?);
+        out.push(campaign::status(&state.store, &*state.clock, &state.config, c).await?);
     }
     Ok(Json(out))
 }
@@ -77,7 +77,7 @@ pub async fn campaign(
     let Path(name) = name?;
     let c = campaign::find(&state.config, &name)?;
     Ok(Json(
-        campaign::status(&state.store, &*state.clock, c).await?,
+        campaign::status(&state.store, &*state.clock, &state.config, c).await?,
     ))
 }
 
@@ -105,7 +105,7 @@ pub async fn campaign_command(
         .await?;
     tracing::info!(campaign = %name, command = cmd.as_str(), "campaign command through the admin API");
     Ok(Json(
-        campaign::status(&state.store, &*state.clock, c).await?,
+        campaign::status(&state.store, &*state.clock, &state.config, c).await?,
     ))
 }
 

@@ -220,6 +220,7 @@ struct RawCampaign {
     local_time: Option<bool>,
     ramp: Option<bool>,
     max_failure_rate: Option<f64>,
+    pause_after_same_error: Option<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -406,7 +407,11 @@ pub struct Campaign {
     pub weight: u32,
     pub local_time: bool,
     pub ramp: bool,
+    /// Pause when more than this share of the recent settled sends failed (`brakes`).
     pub max_failure_rate: Option<f64>,
+    /// Pause when the same request-shaped error code (`ErrorClass::Request`) met this many
+    /// distinct contacts in a row; a shorter run closes only those contacts `failed`.
+    pub pause_after_same_error: u32,
 }
 
 pub const DEFAULT_OPT_OUT_KEYWORDS: [&str; 5] = ["STOP", "UNSUBSCRIBE", "BAJA", "SAIR", "PARAR"];
@@ -1125,6 +1130,13 @@ impl Validator<'_> {
                 return Err(self.err(format!("{key}.max_failure_rate"), "must be between 0 and 1"));
             }
         }
+        let pause_after_same_error = raw.pause_after_same_error.unwrap_or(5);
+        if pause_after_same_error == 0 {
+            return Err(self.err(
+                format!("{key}.pause_after_same_error"),
+                "must be at least 1 (1 pauses at the first request error, as the campaign's fault)",
+            ));
+        }
         Ok(Campaign {
             response_timeout: self.duration(
                 &format!("{key}.response_timeout"),
@@ -1159,6 +1171,7 @@ impl Validator<'_> {
             local_time: raw.local_time.unwrap_or(false),
             ramp: raw.ramp.unwrap_or(false),
             max_failure_rate: raw.max_failure_rate,
+            pause_after_same_error,
         })
     }
 }

@@ -48,6 +48,7 @@ fn defaults_apply() {
     let cfg = parse(BASE).unwrap();
     let c = &cfg.campaigns[0];
     assert_eq!(c.max_attempts, 3);
+    assert_eq!(c.pause_after_same_error, 5);
     assert!(c.auto_retry);
     assert!(!c.require_opt_in);
     assert_eq!(c.retry_backoff, Duration::from_secs(300));
@@ -151,6 +152,8 @@ fn value_errors() {
         ("lists = [\"l1\"]", "lists = [\"l1\"]\nstart_at = \"tomorrow\"", "campaigns[0].start_at"),
         ("lists = [\"l1\"]", "lists = [\"l1\"]\nstart_at = \"2026-11-23T09:00:00-03:00\"\nend_at = 2026-11-22T09:00:00Z", "campaigns[0].end_at"),
         ("lists = [\"l1\"]", "lists = [\"l1\"]\nmax_attempts = 0", "campaigns[0].max_attempts"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\npause_after_same_error = 0", "campaigns[0].pause_after_same_error"),
+        ("lists = [\"l1\"]", "lists = [\"l1\"]\npause_after_same_error = -1", "campaigns[0].pause_after_same_error"),
         ("portfolio = \"acme\"", "portfolio = \"acme\"\nthroughput_mps = 0", "lines[0].throughput_mps"),
         ("portfolio = \"acme\"", "portfolio = \"acme\"\nrequest_timeout = \"soon\"", "lines[0].request_timeout"),
         ("portfolio = \"acme\"", "portfolio = \"acme\"\nrequest_timeout = \"0s\"", "lines[0].request_timeout"),

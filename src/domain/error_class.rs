@@ -15,8 +15,13 @@
 //!   duplicate, so the attempt becomes `unknown` and is settled by a webhook or by
 //!   `reconcile_after` (SPEC §2 rule 7).
 //! - [`ErrorClass::Permanent`]: about this recipient; the row closes `failed` (or `opted_out`).
-//! - [`ErrorClass::Campaign`]: the fault is the campaign's (template, payload, token, account);
-//!   it would repeat for every contact, so the campaign pauses and the row is left untouched.
+//! - [`ErrorClass::Request`]: the request was refused for something that may come from one
+//!   contact's data (a parameter, a media URL) as well as from the campaign's payload. It is
+//!   the contact's when isolated (the row closes `failed`) and the campaign's when the same code
+//!   repeats on the last `pause_after_same_error` distinct contacts in a row (it pauses).
+//! - [`ErrorClass::Campaign`]: the fault is the campaign's (template, token, account); it would
+//!   repeat for every contact, so the campaign pauses and the row stays due (the attempt still
+//!   counts against `max_attempts`).
 
 use std::time::Duration;
 
@@ -26,6 +31,7 @@ pub enum ErrorClass {
     Retryable,
     Throttled,
     Permanent,
+    Request,
     Campaign,
     Ambiguous,
 }
@@ -38,6 +44,7 @@ impl ErrorClass {
             ErrorClass::Retryable => "retryable",
             ErrorClass::Throttled => "throttled",
             ErrorClass::Permanent => "permanent",
+            ErrorClass::Request => "request",
             ErrorClass::Campaign => "campaign",
             ErrorClass::Ambiguous => "unknown",
         }
@@ -95,7 +102,7 @@ impl Classification {
     }
 }
 
-use ErrorClass::{Ambiguous, Campaign, Permanent, Retryable, Throttled};
+use ErrorClass::{Ambiguous, Campaign, Permanent, Request, Retryable, Throttled};
 
 const fn retry(t: &'static str) -> Classification {
     Classification::new(Retryable, t)
@@ -105,6 +112,9 @@ const fn throttle(t: &'static str) -> Classification {
 }
 const fn perm(t: &'static str) -> Classification {
     Classification::new(Permanent, t)
+}
+const fn request(t: &'static str) -> Classification {
+    Classification::new(Request, t)
 }
 const fn halt(t: &'static str) -> Classification {
     Classification::new(Campaign, t)
@@ -120,11 +130,10 @@ const HOUR: u64 = 60 * MINUTE;
 /// on the HTTP status or the title, so this is the only input.
 ///
 /// Decisions that go beyond the reference's policy column:
-/// - PERM-REQ codes (payload / parameter errors) are `Campaign`: tiercast builds every payload
-///   from the same template and mapping, so such an error would repeat for every contact; pausing
-///   spends no contact. This includes **100** ("invalid parameter"): it can also mean a bad `to`,
-///   but phone numbers are validated and normalised to E.164 at import, so a 100 is far more
-///   likely a payload problem than a contact problem.
+/// - PERM-REQ codes that one contact's values can cause (**100** invalid parameter, 131008,
+///   131009, 131053 media, 132000, 132012) are `Request`: the contact's fault when isolated, the
+///   campaign's when they repeat on distinct contacts. The other PERM-REQ codes depend on the
+///   template or the API alone and are `Campaign`.
 /// - Exceptions that depend on one contact's data are `Permanent`: **132005** (hydrated text too
 ///   long: the contact's values are too long) and **131062** (that recipient is a BSUID).
 /// - **131049** (per-user marketing limit) is `Retryable` with a 24 h floor (DEFER).
@@ -167,21 +176,21 @@ pub fn classify_meta(code: i64) -> Classification {
         132015 => halt("Template is paused"),
         132016 => halt("Template is disabled"),
 
-        // --- PERM-REQ: the payload is wrong, so it is wrong for every contact -----------
-        100 => halt("Invalid parameter"),
-        131008 => halt("Required parameter missing"),
-        131009 => halt("Parameter value not valid"),
+        // --- PERM-REQ: the payload is wrong (for one contact, or for every one) -----------
+        100 => request("Invalid parameter"),
+        131008 => request("Required parameter missing"),
+        131009 => request("Parameter value not valid"),
         131051 => halt("Unsupported message type"),
-        131053 => halt("Media upload error (media could not be fetched or processed)"),
+        131053 => request("Media upload error (media could not be fetched or processed)"),
         131055 => halt("Method not allowed"),
         131063 => halt("Marketing messages not allowed on this API"),
         134100 => halt("Marketing messages not allowed on this API"),
         134102 => halt("Template unavailable on the Marketing Messages API"),
-        132000 => halt("Template parameter count mismatch"),
+        132000 => request("Template parameter count mismatch"),
         // render_components strips newlines/tabs/long space runs from values, so what is left
         // of a character-policy violation comes from the template or a literal.
         132007 => halt("Template format character policy violated"),
-        132012 => halt("Template parameter format mismatch"),
+        132012 => request("Template parameter format mismatch"),
         132018 => halt("Issue with template parameters"),
         132068 => halt("Flow is blocked"),
         135000 => halt("Generic user error"),
@@ -242,6 +251,21 @@ pub fn classify_meta(code: i64) -> Classification {
     }
 }
 
+/// Codes of failed sends that tell Meta its users do not want these messages (undeliverable,
+/// the per-user marketing limit, marketing opt-outs, spam and policy blocks). They count
+/// against `max_failure_rate` whatever their class.
+pub const QUALITY_CODES: [i64; 7] = [131026, 131049, 131050, 498, 131048, 368, 471];
+
+/// The classes of failure that close a contact and so always count against `max_failure_rate`.
+pub const CLOSING_CLASSES: [ErrorClass; 2] = [Permanent, Request];
+
+/// Whether a failed send of `class` with `code` counts against `max_failure_rate`: every
+/// failure that closes the contact, and the codes of [`QUALITY_CODES`]. `store::brakes` reads
+/// the same two lists in SQL.
+pub fn counts_against_failure_rate(class: ErrorClass, code: Option<i64>) -> bool {
+    CLOSING_CLASSES.contains(&class) || code.is_some_and(|c| QUALITY_CODES.contains(&c))
+}
+
 /// Classify a failure code from Gupshup (`payload.payload.code` of a v2 `failed` event), which
 /// is either Gupshup's own (1001–1012, 4001–4005, 500), a WhatsApp On-Premises code (470, 471,
 /// 472, 1013, 1026) or a Cloud API code passed through; the last go to [`classify_meta`]. The
@@ -251,6 +275,8 @@ pub fn classify_meta(code: i64) -> Classification {
 /// - 1003 (wallet balance low) and 4001 (Gupshup rate limit) are about the account, not the
 ///   contact, and would fail every send: `Campaign`, so the campaign pauses until someone tops
 ///   up or talks to Gupshup, instead of burning every contact's attempts.
+/// - 1009, 1010 and 1011 (parameter missing, media URL or size) are `Request` like their Meta
+///   counterparts: a per-contact value can cause them.
 /// - 470 / 131047 (window closed) concern free-form text and never a template; kept `Permanent`
 ///   like the Meta code.
 pub fn classify_gupshup(code: i64) -> Classification {
@@ -263,9 +289,9 @@ pub fn classify_gupshup(code: i64) -> Classification {
         1006 => perm("Gupshup: template opt-in failure (legacy)"),
         1007 => perm("Gupshup: template opt-in and match failure (legacy)"),
         1008 => perm("Gupshup: user neither proxied nor opted in (legacy)"),
-        1009 => halt("Gupshup: required parameter missing"),
-        1010 => halt("Gupshup: invalid media URL"),
-        1011 => halt("Gupshup: invalid media size"),
+        1009 => request("Gupshup: required parameter missing"),
+        1010 => request("Gupshup: invalid media URL"),
+        1011 => request("Gupshup: invalid media size"),
         1012 => perm("Gupshup: number opted out (legacy)"),
         4001 => halt("Gupshup: API rate limited; stop sending and contact Gupshup"),
         4002 => retry("Gupshup: invalid response from WhatsApp"),
@@ -312,8 +338,8 @@ pub fn classify_gupshup_rejection(http_status: u16, message: &str) -> Classifica
 /// - 429 → `Throttled`: the standard "slow down", rejected before processing.
 /// - 408 → `Retryable`: by definition the server did not receive the whole request.
 /// - other 4xx → `Campaign`: something between us and Meta rejects the request shape, the URL or
-///   the credentials; it is deterministic and would repeat for every contact, so pausing spends
-///   nothing while burning attempts would spend the whole list.
+///   the credentials; it is deterministic and would repeat for every contact, so pausing costs
+///   the sends in flight one try each, while burning attempts would spend the whole list.
 /// - 5xx → `Ambiguous`: a gateway error can come after Meta accepted the message.
 /// - anything else (a 2xx whose body we cannot read, a redirect) → `Ambiguous`: a 2xx may well
 ///   mean the message was accepted.
@@ -367,12 +393,12 @@ mod tests {
         (1, Ambiguous),
         (2, Ambiguous),
         (33, Campaign),
-        (100, Campaign),
+        (100, Request),
         (130403, Permanent),
         (130472, Permanent),
         (131000, Ambiguous),
-        (131008, Campaign),
-        (131009, Campaign),
+        (131008, Request),
+        (131009, Request),
         (131016, Ambiguous),
         (131021, Permanent),
         (131026, Permanent),
@@ -385,17 +411,17 @@ mod tests {
         (131050, Permanent),
         (131051, Campaign),
         (131052, Retryable),
-        (131053, Campaign),
+        (131053, Request),
         (131055, Campaign),
         (131063, Campaign),
         (134100, Campaign),
         (131057, Throttled),
         (131062, Permanent),
-        (132000, Campaign),
+        (132000, Request),
         (132001, Campaign),
         (132005, Permanent),
         (132007, Campaign),
-        (132012, Campaign),
+        (132012, Request),
         (132015, Campaign),
         (132016, Campaign),
         (132018, Campaign),
@@ -478,9 +504,9 @@ mod tests {
             (1006, Permanent),
             (1007, Permanent),
             (1008, Permanent),
-            (1009, Campaign),
-            (1010, Campaign),
-            (1011, Campaign),
+            (1009, Request),
+            (1010, Request),
+            (1011, Request),
             (1012, Permanent),
             (4001, Campaign),
             (4002, Retryable),
@@ -506,7 +532,7 @@ mod tests {
             classify_gupshup(131049).min_delay,
             classify_meta(131049).min_delay
         );
-        assert_eq!(classify_gupshup(132000).class, Campaign);
+        assert_eq!(classify_gupshup(132000).class, Request);
         assert!(!classify_gupshup(9999).known);
         assert_eq!(classify_gupshup(9999).class, Retryable);
         // The Gupshup codes are not Meta codes: the two tables never disagree on a code.
@@ -531,6 +557,19 @@ mod tests {
         assert_eq!(r(502, "Bad gateway").class, Ambiguous);
         assert_eq!(r(404, "Not found").class, Campaign);
         assert!(r(400, "Invalid Destination").known);
+    }
+
+    #[test]
+    fn closing_failures_and_quality_codes_count_against_the_failure_rate() {
+        assert!(counts_against_failure_rate(Permanent, Some(131026)));
+        assert!(counts_against_failure_rate(Request, Some(100)));
+        assert!(counts_against_failure_rate(Retryable, Some(131049)));
+        assert!(!counts_against_failure_rate(Retryable, Some(500)));
+        assert!(!counts_against_failure_rate(Throttled, Some(130429)));
+        assert!(!counts_against_failure_rate(Ambiguous, None));
+        for code in QUALITY_CODES {
+            assert!(classify_gupshup(code).known, "{code}");
+        }
     }
 
     #[test]

@@ -2,18 +2,17 @@
 //! forward and settle attempts; failures are classified with the same table as synchronous
 //! errors (SPEC §2 rule 6); template and preference events update templates and opt-outs.
 
+use crate::brakes::{self, ContactFailure};
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::config::ProviderKind;
 use crate::dispatch::{failure_action, parse_callback_data};
 use crate::domain::error_class::{classify_gupshup, classify_meta, ErrorClass};
-use crate::domain::{CampaignState, Outcome, Tier};
+use crate::domain::{Outcome, Tier};
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::outcomes::{response_timeout, Outcomes};
-use crate::store::{
-    AppliedStatus, CategoryChange, FailureAction, StatusRecord, StatusUpdate, Store, StoreError,
-};
+use crate::store::{AppliedStatus, CategoryChange, StatusRecord, StatusUpdate, Store, StoreError};
 use crate::webhook::{MessageStatus, MetaEvent, StatusEvent};
 use futures::future::BoxFuture;
 use std::collections::hash_map::Entry;
@@ -490,37 +489,44 @@ impl Inbox {
         }
         // The failed attempt was counted when it was accepted.
         let action = failure_action(&campaign, &c, (target.attempts - 1).max(0), 0, now);
+        self.store
+            .note_status_failure(target.hopper_id, wamid, code, c.class, &text, now)
+            .await?;
         if c.class == ErrorClass::Campaign {
+            // Paused before the row is due again, so no line sends it meanwhile.
             let reason = format!("{} (error {code} in a status webhook)", c.title);
-            if let Some(row) = self.store.campaign_by_name(&campaign.name).await? {
-                if self
-                    .store
-                    .transition_campaign(
-                        row.id,
-                        CampaignState::Running,
-                        CampaignState::Paused,
-                        Some(&reason),
-                        now,
-                    )
-                    .await?
-                {
-                    tracing::error!(campaign = %campaign.name, %reason, "campaign paused");
-                    m::campaign_paused(&campaign.name);
-                }
-            }
-            self.store
-                .fail_pending(
-                    target.hopper_id,
-                    &FailureAction::Untouched,
-                    code,
-                    &text,
-                    now,
-                )
-                .await?;
-        } else {
+            brakes::pause(
+                &self.store,
+                target.campaign_id,
+                &campaign.name,
+                &reason,
+                now,
+            )
+            .await?;
             self.store
                 .fail_pending(target.hopper_id, &action, code, &text, now)
                 .await?;
+            return Ok(());
+        }
+        self.store
+            .fail_pending(target.hopper_id, &action, code, &text, now)
+            .await?;
+        let failure = ContactFailure {
+            campaign: &campaign,
+            campaign_id: target.campaign_id,
+            contact_id: target.contact_id,
+            class: &c,
+            code: Some(code),
+        };
+        if let Some(reason) = brakes::after_contact_failure(&self.store, &failure).await? {
+            brakes::pause(
+                &self.store,
+                target.campaign_id,
+                &campaign.name,
+                &reason,
+                now,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -29,6 +29,9 @@ pub struct HopperCounts {
     pub sent: u64,
     pub delivered: u64,
     pub read: u64,
+    /// Accepted, and held by Meta's pacing (`message_status` of the send's answer).
+    pub held_for_quality_assessment: u64,
+    pub paused_by_meta: u64,
 }
 
 impl HopperCounts {
@@ -242,6 +245,14 @@ impl Store {
                     counts.sent += n;
                 }
                 Some("sent") | Some("accepted") => counts.sent += n,
+                Some("held_for_quality_assessment") => {
+                    counts.held_for_quality_assessment += n;
+                    counts.sent += n;
+                }
+                Some("paused") => {
+                    counts.paused_by_meta += n;
+                    counts.sent += n;
+                }
                 _ => {}
             }
         }

@@ -149,7 +149,9 @@ pub struct StatusTarget {
 /// Order of message statuses; a status only ever moves forward (SPEC §2 rule 8).
 pub fn status_rank(status: &str) -> i64 {
     match status {
-        "accepted" => 0,
+        // Meta holds a paced template's message (`held_for_quality_assessment`, `paused`)
+        // before sending it: still only accepted.
+        "accepted" | "held_for_quality_assessment" | "paused" => 0,
         "sent" => 1,
         "delivered" => 2,
         "read" => 3,
@@ -158,8 +160,8 @@ pub fn status_rank(status: &str) -> i64 {
     }
 }
 
-const RANK_SQL: &str =
-    "CASE COALESCE(message_status, '') WHEN 'accepted' THEN 0 WHEN 'sent' THEN 1 \
+const RANK_SQL: &str = "CASE COALESCE(message_status, '') WHEN 'accepted' THEN 0 \
+     WHEN 'held_for_quality_assessment' THEN 0 WHEN 'paused' THEN 0 WHEN 'sent' THEN 1 \
      WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 WHEN 'failed' THEN 4 ELSE -1 END";
 
 impl Store {

@@ -8,6 +8,7 @@
 
 mod admin;
 mod audit;
+mod brakes;
 mod campaigns;
 mod contacts;
 mod dispatch;
@@ -17,6 +18,7 @@ mod templates;
 mod tiers;
 
 pub use admin::{ContactCampaignRow, OptOutRecord};
+pub use brakes::{HeldRows, Verdict};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{

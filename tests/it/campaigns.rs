@@ -45,7 +45,7 @@ async fn load_rules_once_per_contact_with_exclusions_closed(db: TestDb) {
     campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Start)
         .await
         .unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+    let s = campaign::status(&db.store, &db.clock, &cfg, cfg.campaign("c1").unwrap())
         .await
         .unwrap();
     // A is on both lists: one row.
@@ -61,7 +61,7 @@ async fn load_rules_once_per_contact_with_exclusions_closed(db: TestDb) {
     campaign::command(&db.store, &db.clock, &cfg, "c2", Cmd::Start)
         .await
         .unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c2").unwrap())
+    let s = campaign::status(&db.store, &db.clock, &cfg, cfg.campaign("c2").unwrap())
         .await
         .unwrap();
     assert_eq!(
@@ -133,7 +133,7 @@ async fn transitions_persist_and_refusals_are_clear(db: TestDb) {
     campaign::command(&db.store, &db.clock, &cfg, "c1", Cmd::Resume)
         .await
         .unwrap();
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+    let s = campaign::status(&db.store, &db.clock, &cfg, cfg.campaign("c1").unwrap())
         .await
         .unwrap();
     assert_eq!((s.hopper["total"], s.hopper["fresh"]), (6, 3));
@@ -142,7 +142,7 @@ async fn transitions_persist_and_refusals_are_clear(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(row.state, CampaignState::Stopped);
-    let s = campaign::status(&db.store, &db.clock, cfg.campaign("c1").unwrap())
+    let s = campaign::status(&db.store, &db.clock, &cfg, cfg.campaign("c1").unwrap())
         .await
         .unwrap();
     assert_eq!((s.hopper["fresh"], s.outcomes["stopped"]), (0, 3));

@@ -179,9 +179,14 @@ async fn answers_by_button_with_and_without_context_accents_and_handoff() {
         row_of(&daemon, &p[3], "c").await.2.as_deref(),
         Some("CALL ME")
     );
-    let s = campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
-        .await
-        .unwrap();
+    let s = campaign::status(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        config.campaign("c").unwrap(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (
             s.answers["yes"],
@@ -834,9 +839,14 @@ async fn disabled_rejected_and_deleted_templates_pause_the_campaign() {
             "{event}"
         );
         if event == "FLAGGED" {
-            let s = campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
-                .await
-                .unwrap();
+            let s = campaign::status(
+                &daemon.store,
+                &SystemClock,
+                &config,
+                config.campaign("c").unwrap(),
+            )
+            .await
+            .unwrap();
             assert_eq!(s.state, CampaignState::Running, "{event}: {s:?}");
         } else {
             let s = wait_for(&daemon, &config, "paused", |s| {

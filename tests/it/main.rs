@@ -3,7 +3,9 @@
 
 mod api;
 mod bad_input;
+mod brakes;
 mod campaigns;
+mod config_keys;
 mod crash;
 mod dbfaults;
 mod faults;

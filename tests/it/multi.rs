@@ -214,6 +214,7 @@ async fn three_daemons_share_the_lines_and_take_over_a_dead_one() {
             let s = campaign::status(
                 &store,
                 &SystemClock,
+                &config,
                 config.campaign(&format!("c{i}")).unwrap(),
             )
             .await

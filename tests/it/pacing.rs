@@ -83,7 +83,7 @@ async fn begin(daemon: &Daemon, clock: &ManualClock, cfg: &Config, name: &str) {
 }
 
 async fn status(daemon: &Daemon, clock: &ManualClock, cfg: &Config, name: &str) -> CampaignStatus {
-    campaign::status(&daemon.store, clock, cfg.campaign(name).unwrap())
+    campaign::status(&daemon.store, clock, cfg, cfg.campaign(name).unwrap())
         .await
         .unwrap()
 }

@@ -74,9 +74,14 @@ pub(crate) async fn load(daemon: &Daemon, phones: &[String]) {
 }
 
 pub(crate) async fn status(daemon: &Daemon, config: &Config) -> campaign::CampaignStatus {
-    campaign::status(&daemon.store, &SystemClock, config.campaign("c").unwrap())
-        .await
-        .unwrap()
+    campaign::status(
+        &daemon.store,
+        &SystemClock,
+        config,
+        config.campaign("c").unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Polls until `done` or the deadline; the deadline is a safety net, not a timing assertion.
@@ -309,7 +314,7 @@ async fn throttling_requeues_without_spending_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_template_132001_pauses_and_spends_no_contact() {
+async fn missing_template_132001_pauses_and_closes_no_contact() {
     let db = fresh_db().await;
     let (daemon, config) = start(
         &db,
@@ -348,12 +353,32 @@ async fn missing_template_132001_pauses_and_spends_no_contact() {
         "{:?}",
         s.paused_reason
     );
-    assert_eq!((s.hopper["fresh"], s.hopper["closed"], s.sent), (10, 0, 0));
+    // The campaign's fault: no contact is closed, but each try that reached the provider
+    // counts against `max_attempts` (the contact stays due, once, at resume).
+    assert_eq!(
+        (
+            s.hopper["fresh"] + s.hopper["retry"],
+            s.hopper["closed"],
+            s.sent
+        ),
+        (10, 0, 0)
+    );
     let spent: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(attempts), 0) FROM hopper")
         .fetch_one(daemon.store.pool())
         .await
         .unwrap();
-    assert_eq!(spent, 0);
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE error_code = 132001")
+            .fetch_one(daemon.store.pool())
+            .await
+            .unwrap();
+    assert!(refused >= 1);
+    assert_eq!(spent, refused);
+    let most: i64 = sqlx::query_scalar("SELECT MAX(attempts) FROM hopper")
+        .fetch_one(daemon.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(most, 1, "no contact is tried twice by one pause");
     assert!(sim.ledger().is_empty());
     daemon.shutdown().await;
 }
@@ -389,7 +414,7 @@ async fn expired_token_190_pauses_and_resume_sends_everyone_once() {
         "{:?}",
         s.paused_reason
     );
-    assert_eq!((s.hopper["fresh"], s.sent), (12, 0));
+    assert_eq!((s.hopper["fresh"] + s.hopper["retry"], s.sent), (12, 0));
     // The operator renews the token and resumes: everyone gets exactly one template.
     sim.set_token_valid(&pnid, true);
     campaign::command(

@@ -91,7 +91,9 @@ async fn the_tier_caps_distinct_recipients_and_counted_ones_cost_nothing() {
     let c2 = cfg.campaign("c2").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let s = campaign::status(&daemon.store, &clock, c2).await.unwrap();
+        let s = campaign::status(&daemon.store, &clock, &cfg, c2)
+            .await
+            .unwrap();
         if s.sent == 10 {
             break;
         }

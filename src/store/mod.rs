@@ -24,7 +24,8 @@ pub use dispatch::{
     Settle, StatusRecord, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
 };
 pub use inbox::{
-    InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
+    InteractionFilter, InteractionRow, InteractionState, MessageRow, OutboundMessage, ReplyTarget,
+    WINDOW_MILLIS,
 };
 pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};

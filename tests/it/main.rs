@@ -4,6 +4,7 @@
 mod api;
 mod bad_input;
 mod campaigns;
+mod contract;
 mod crash;
 mod dbfaults;
 mod faults;

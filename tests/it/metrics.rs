@@ -317,6 +317,30 @@ async fn metrics_after_a_known_run() {
             > 5,
         "histogram buckets, not a summary"
     );
+    // Counters known at start exist before their first event, so increase() sees it.
+    assert_eq!(
+        v("tiercast_campaign_pauses_total", &[("campaign", CAMPAIGN)]),
+        0.0
+    );
+    assert_eq!(
+        v(
+            "tiercast_replies_total",
+            &[("campaign", CAMPAIGN), ("kind", "answer")]
+        ),
+        0.0
+    );
+    // Every series the dashboard and the alert rules query is exported.
+    let exported: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    for file in ["grafana/tiercast.json", "grafana/alerts.yml"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for r in metric_refs(&text) {
+            assert!(
+                exported.contains(r.as_str()),
+                "{file} queries {r}, which /metrics does not export"
+            );
+        }
+    }
     daemon.shutdown().await;
 }
 
@@ -492,4 +516,111 @@ fn alert_rules_use_only_defined_metrics() {
             "alert rule uses {r}, which src/metrics.rs does not define"
         );
     }
+}
+
+/// `promtool check metrics` (Debian package `prometheus`) accepts the daemon's `/metrics`: every
+/// family has HELP text, names and types follow Prometheus' conventions. The counters whose
+/// labels the config names exist at zero before anything happened. Without promtool the test
+/// is skipped on a developer's machine and fails under CI (`.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
+    let promtool_present = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !promtool_present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is not installed (apt-get install prometheus)"
+        );
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    let db = fresh_db().await;
+    let cfg = config_text(&db.url)
+        .replace(LINE, "promtool-line")
+        .replace(CAMPAIGN, "promtool-camp")
+        .replace("metrics-pf", "promtool-pf");
+    let (daemon, _) = start_daemon(&cfg, |_| {}).await;
+    let text = reqwest::get(format!("{}/metrics", daemon.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    daemon.shutdown().await;
+
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let samples = parse(&text);
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            value(&samples, name, labels),
+            Some(0.0),
+            "{name} {labels:?}\n{text}"
+        );
+    };
+    let lc = [("line", "promtool-line"), ("campaign", "promtool-camp")];
+    zero("tiercast_messages_sent_total", &lc);
+    zero(
+        "tiercast_campaign_pauses_total",
+        &[("campaign", "promtool-camp")],
+    );
+    for kind in ["answer", "free_text", "late"] {
+        zero(
+            "tiercast_replies_total",
+            &[("campaign", "promtool-camp"), ("kind", kind)],
+        );
+    }
+    for status in ["sent", "delivered", "read", "failed"] {
+        zero(
+            "tiercast_message_status_total",
+            &[("line", "promtool-line"), ("status", status)],
+        );
+    }
+    // Other tests of this process bump these: present is what matters here.
+    for reason in [
+        "bad_signature",
+        "missing_signature",
+        "invalid_json",
+        "bad_secret",
+    ] {
+        assert!(
+            value(
+                &samples,
+                "tiercast_webhook_rejected_total",
+                &[("reason", reason)]
+            )
+            .is_some(),
+            "webhook_rejected_total{{reason={reason}}} missing"
+        );
+    }
+    assert!(value(
+        &samples,
+        "tiercast_webhook_events_total",
+        &[("kind", "inbound")]
+    )
+    .is_some());
 }

@@ -16,6 +16,7 @@ mod metrics;
 mod multi;
 mod obs;
 mod pacing;
+mod packaging;
 mod procs;
 mod props;
 mod sending;

@@ -72,3 +72,15 @@ fn the_systemd_unit_creates_its_user_and_state_and_is_hardened() {
     // A fixed user needs creating by hand, which the install steps do not do.
     assert!(!directives.iter().any(|d| d.starts_with("User=")));
 }
+
+#[test]
+fn the_docker_context_leaves_out_builds_and_demo_data() {
+    let ignore = repo_file(".dockerignore");
+    let entries: Vec<&str> = ignore.lines().map(str::trim).collect();
+    for wanted in ["target", "tiercast-demo", ".git", "*.db*"] {
+        assert!(
+            entries.contains(&wanted),
+            ".dockerignore does not exclude {wanted}"
+        );
+    }
+}

@@ -61,6 +61,10 @@ fn throttled(wait: Option<std::time::Duration>, message: String) -> Response {
 }
 
 fn bad_json(rejection: JsonRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge(format!("the body is too large: {}", rejection.body_text()))
+            .into_response();
+    }
     error(StatusCode::BAD_REQUEST, "bad_json", rejection.body_text())
 }
 

@@ -492,6 +492,18 @@ async fn every_operation_answers_as_the_openapi_document_says() {
     assert_eq!(refused["error"], "bad_json");
     k.post_json(tags_t, &tags(999999), json!({"tags": []}), S::NOT_FOUND)
         .await;
+    for (template, url) in [(reply_t, reply(a)), (tags_t, tags(a))] {
+        k.check(
+            call(Method::POST, template, url),
+            |r| {
+                bearer(r)
+                    .header("content-type", "application/json")
+                    .body(vec![b' '; tiercast::api::JSON_BODY_LIMIT + 1])
+            },
+            S::PAYLOAD_TOO_LARGE,
+        )
+        .await;
+    }
     let close_t = "/api/interactions/{id}/close";
     let close = |id: i64| format!("/api/interactions/{id}/close");
     let closed = k.post(close_t, &close(a), S::OK).await;

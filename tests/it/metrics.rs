@@ -174,10 +174,11 @@ async fn metrics_after_a_known_run() {
     // The gauges come from housekeeping (every second): poll until they show the end state.
     let url = format!("{}/metrics", daemon.url());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let samples = loop {
+    let (text, samples) = loop {
         let resp = reqwest::get(&url).await.unwrap();
         assert_eq!(resp.status(), 200);
-        let samples = parse(&resp.text().await.unwrap());
+        let text = resp.text().await.unwrap();
+        let samples = parse(&text);
         let pending = value(
             &samples,
             "tiercast_hopper_contacts",
@@ -189,7 +190,7 @@ async fn metrics_after_a_known_run() {
             &[("portfolio", "metrics-pf")],
         );
         if pending == Some(7.0) && used == Some(10.0) {
-            break samples;
+            break (text, samples);
         }
         assert!(
             Instant::now() < deadline,
@@ -317,6 +318,8 @@ async fn metrics_after_a_known_run() {
             > 5,
         "histogram buckets, not a summary"
     );
+    // Every family, failures and the latency histogram included, passes promtool.
+    promtool_check(&text);
     // Counters known at start exist before their first event, so increase() sees it.
     assert_eq!(
         v("tiercast_campaign_pauses_total", &[("campaign", CAMPAIGN)]),
@@ -518,24 +521,50 @@ fn alert_rules_use_only_defined_metrics() {
     }
 }
 
-/// `promtool check metrics` (Debian package `prometheus`) accepts the daemon's `/metrics`: every
-/// family has HELP text, names and types follow Prometheus' conventions. The counters whose
-/// labels the config names exist at zero before anything happened. Without promtool the test
-/// is skipped on a developer's machine and fails under CI (`.ci/run` installs it).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
-    let promtool_present = std::process::Command::new("promtool")
+/// Runs `promtool check metrics` (Debian package `prometheus`) on a scrape: every family must
+/// have HELP text, and names and types must follow Prometheus' conventions. Without promtool
+/// this is skipped on a developer's machine and fails under CI (`.ci/run` installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let present = Command::new("promtool")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !promtool_present {
+    if !present {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "promtool is not installed (apt-get install prometheus)"
         );
-        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        eprintln!("promtool check skipped: promtool is not installed (apt-get install prometheus)");
         return;
     }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A daemon's first scrape passes promtool, and the counters whose labels the config names
+/// exist at zero before anything happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
     let db = fresh_db().await;
     let cfg = config_text(&db.url)
         .replace(LINE, "promtool-line")
@@ -549,30 +578,7 @@ async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
         .await
         .unwrap();
     daemon.shutdown().await;
-
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 
     let samples = parse(&text);
     let zero = |name: &str, labels: &[(&str, &str)]| {

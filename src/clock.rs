@@ -27,6 +27,28 @@ pub fn to_millis(t: DateTime<Utc>) -> Millis {
     t.timestamp_millis()
 }
 
+/// How every JSON answer and report writes a time (SPEC §5.5): RFC 3339 in UTC, with
+/// milliseconds and `Z`, e.g. `2026-11-23T12:00:00.000Z`.
+pub fn rfc3339(ms: Millis) -> String {
+    from_millis(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `#[serde(serialize_with = "…")]` for a stored time: written as [`rfc3339`].
+pub fn serialize_rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(*ms))
+}
+
+/// [`serialize_rfc3339`] for an optional time (`null`, or an empty CSV field, when absent).
+pub fn serialize_rfc3339_opt<S: serde::Serializer>(
+    ms: &Option<Millis>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match ms {
+        Some(ms) => s.serialize_some(&rfc3339(*ms)),
+        None => s.serialize_none(),
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 

@@ -22,6 +22,109 @@ pub const WEBHOOK_REJECTED: &str = "tiercast_webhook_rejected_total";
 pub const REPLIES: &str = "tiercast_replies_total";
 pub const INTERACTIONS_OPEN: &str = "tiercast_interactions_open";
 
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every family with its meaning and unit: the `# HELP` lines of `/metrics`.
+const FAMILIES: &[(&str, Kind, &str)] = &[
+    (MESSAGES_SENT, Kind::Counter, "Templates the provider accepted (answered with a message id), per line and campaign"),
+    (SEND_FAILURES, Kind::Counter, "Send requests that failed, per line, campaign, provider error code and class (retryable, throttled, permanent, request, campaign, unknown)"),
+    (MESSAGE_STATUS, Kind::Counter, "Delivery statuses, per line: from webhooks (sent, delivered, read, failed) and Meta's held send answers (held_for_quality_assessment, paused)"),
+    (HOPPER_CONTACTS, Kind::Gauge, "Contacts in a campaign's hopper, per state (fresh, retry, pending, closed)"),
+    (CAMPAIGN_OUTCOMES, Kind::Counter, "Closed campaign rows, per outcome (running totals from the database)"),
+    (CAMPAIGN_STATE, Kind::Gauge, "1 for the campaign's current state, 0 for the others"),
+    (CAMPAIGN_PAUSES, Kind::Counter, "Times a campaign was paused by tiercast (failure brake, template or quality event)"),
+    (CAMPAIGN_FAILURE_RATE, Kind::Gauge, "Share (0 to 1) of the campaign's last settled sends that failed, as last compared with max_failure_rate"),
+    (TIER_LIMIT, Kind::Gauge, "Messaging limit of the portfolio, in distinct recipients per 24 h (+Inf when unlimited)"),
+    (TIER_USED, Kind::Gauge, "Distinct recipients of business-initiated templates in the last 24 h, per portfolio"),
+    (WAITING_FOR_TIER, Kind::Gauge, "Contacts of the campaign held back until the portfolio's messaging limit has room"),
+    (LINE_THROUGHPUT, Kind::Gauge, "The line's current send rate ceiling, in messages per second"),
+    (SEND_LATENCY, Kind::Histogram, "Time from a send request to the provider's answer, in seconds, per line"),
+    (WEBHOOK_EVENTS, Kind::Counter, "Webhook events accepted, per kind (status, inbound, template_status…)"),
+    (WEBHOOK_REJECTED, Kind::Counter, "Webhook requests refused, per reason (bad signature, malformed body, bad secret…)"),
+    (REPLIES, Kind::Counter, "Contact replies to a campaign, per kind (answer, free_text, late)"),
+    (INTERACTIONS_OPEN, Kind::Gauge, "Open agent interactions, per line"),
+];
+
+/// Registers the HELP text of every family with the installed recorder.
+pub fn describe() {
+    for (name, kind, help) in FAMILIES {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+}
+
+/// Statuses `tiercast_message_status_total` counts from the first scrape.
+const MESSAGE_STATUSES: &[&str] = &["sent", "delivered", "read", "failed"];
+/// The kinds `reply` is called with.
+const REPLY_KINDS: &[&str] = &["answer", "free_text", "late"];
+/// The kinds of webhook events (`MetaEvent::kind`).
+const WEBHOOK_EVENT_KINDS: &[&str] = &[
+    "status",
+    "inbound",
+    "template_status",
+    "template_quality",
+    "template_category",
+    "phone_number_quality",
+    "business_capability",
+    "user_preference",
+    "account_update",
+    "system_errors",
+    "unhandled",
+];
+/// The reasons `webhook_rejected` is called with (signature, body and Gupshup refusals).
+const WEBHOOK_REJECT_REASONS: &[&str] = &[
+    "verify_token",
+    "missing_signature",
+    "bad_signature",
+    "invalid_json",
+    "too_deep",
+    "not_object",
+    "no_entry",
+    "body",
+    "not_found",
+    "ip_not_allowed",
+    "missing_secret",
+    "bad_secret",
+    "unknown_app",
+];
+
+/// Creates at zero every counter series whose labels are known at start (the config's
+/// campaigns and lines, statuses, reply kinds, webhook kinds and rejection reasons), so that
+/// `increase()` and `rate()` see the first event of each: a series born at 1 has no earlier
+/// sample to grow from. Failure counters appear at their first failure: their `code` label is
+/// the provider's error code, not known in advance.
+pub fn zero_known_series(config: &crate::config::Config) {
+    for line in &config.lines {
+        for status in MESSAGE_STATUSES {
+            message_statuses(&line.name, status, 0);
+        }
+    }
+    for c in &config.campaigns {
+        messages_sent(&c.line, &c.name).increment(0);
+        counter!(CAMPAIGN_PAUSES, "campaign" => c.name.clone()).increment(0);
+        for kind in REPLY_KINDS {
+            counter!(REPLIES, "campaign" => c.name.clone(), "kind" => *kind).increment(0);
+        }
+        // 0 until the window holds enough settled sends to be compared with the brake.
+        if c.max_failure_rate.is_some() {
+            campaign_failure_rate(&c.name, 0.0);
+        }
+    }
+    for kind in WEBHOOK_EVENT_KINDS {
+        counter!(WEBHOOK_EVENTS, "kind" => *kind).increment(0);
+    }
+    for reason in WEBHOOK_REJECT_REASONS {
+        counter!(WEBHOOK_REJECTED, "reason" => *reason).increment(0);
+    }
+}
+
 /// The handle of a campaign's sent counter: the dispatcher keeps it with the campaign, as
 /// a registry lookup per message builds and hashes the labels each time. A handle taken
 /// before the recorder is installed counts nothing; `serve` installs it before the
@@ -100,4 +203,26 @@ pub fn reply(campaign: &str, kind: &str) {
 
 pub fn interactions_open(line: &str, n: u64) {
     gauge!(INTERACTIONS_OPEN, "line" => line.to_string()).set(n as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    /// A family named above without HELP text would fail `promtool check metrics` only once
+    /// it is first exported; this catches it at once.
+    #[test]
+    fn every_named_family_has_help_text() {
+        let source = include_str!("metrics.rs");
+        let named: Vec<&str> = source
+            .lines()
+            .filter_map(|l| l.strip_prefix("pub const "))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(named.len() >= 16, "{named:?}");
+        for name in named {
+            assert!(
+                super::FAMILIES.iter().any(|(n, _, _)| *n == name),
+                "{name} has no HELP text in FAMILIES"
+            );
+        }
+    }
 }

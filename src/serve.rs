@@ -77,6 +77,7 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
                 )
                 .ok()?
                 .install_recorder()
+                .inspect(|_| m::describe())
                 .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
                 .ok()
         })
@@ -185,11 +186,13 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         outcomes,
     );
 
+    let metrics = metrics_handle();
+    m::zero_known_series(&config);
     let router = http::router(HttpState {
         store: store.clone(),
         inbox: inbox.clone(),
         lines: lines.clone(),
-        metrics: metrics_handle(),
+        metrics,
         clock: options.clock.clone(),
         config: config.clone(),
         campaign_changes: dispatcher.campaign_changes(),

@@ -2,7 +2,7 @@
 
 use super::{ApiError, ApiState};
 use crate::campaign;
-use crate::clock::{from_millis, Millis};
+use crate::clock::{rfc3339, Millis};
 use crate::domain::phone::{self, Phone};
 use crate::domain::{CampaignCommand, Outcome};
 use crate::import::{self, BytesSource, ImportOptions, RejectedRow};
@@ -19,13 +19,8 @@ use std::collections::BTreeMap;
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// Timestamps are RFC 3339 in UTC with milliseconds.
-fn at(ms: Millis) -> String {
-    from_millis(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn at_opt(ms: Option<Millis>) -> Option<String> {
-    ms.map(at)
+    ms.map(rfc3339)
 }
 
 /// Parses a JSON body strictly, naming the offending field in the error.
@@ -44,8 +39,21 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
 }
 
 /// A phone from a path or body, normalised like imports (E.164; the import's default country
-/// for national numbers).
+/// for national numbers). Only what `PhoneInput` of the OpenAPI document allows gets that far:
+/// digits, spaces, `(`, `)`, `.`, `-` and a leading `+`.
 fn phone_of(state: &ApiState, raw: &str) -> ApiResult<Phone> {
+    let trimmed = raw.trim();
+    let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    if digits.is_empty()
+        || !digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '(' | ')' | '.' | '-'))
+    {
+        return Err(ApiError::bad_request(
+            "bad_phone",
+            format!("phone {raw:?}: only digits, spaces, ( ) . - and a leading + are allowed"),
+        ));
+    }
     let country = state
         .config
         .import
@@ -214,7 +222,7 @@ impl From<OptOutRecord> for OptOutView {
             phone: o.phone,
             reason: o.reason,
             source: o.source,
-            at: at(o.created_at),
+            at: rfc3339(o.created_at),
         }
     }
 }
@@ -244,7 +252,7 @@ impl From<ContactCampaignRow> for ContactRowView {
     fn from(r: ContactCampaignRow) -> Self {
         let waiting = matches!(r.state.as_str(), "fresh" | "retry");
         ContactRowView {
-            next_attempt_at: waiting.then(|| at(r.next_attempt_at)),
+            next_attempt_at: waiting.then(|| rfc3339(r.next_attempt_at)),
             campaign: r.campaign,
             line: r.line,
             state: r.state,
@@ -255,7 +263,7 @@ impl From<ContactCampaignRow> for ContactRowView {
             last_error_text: r.last_error_text,
             wamid: r.wamid,
             message_status: r.message_status,
-            loaded_at: at(r.loaded_at),
+            loaded_at: rfc3339(r.loaded_at),
             sent_at: at_opt(r.sent_at),
             delivered_at: at_opt(r.delivered_at),
             read_at: at_opt(r.read_at),
@@ -330,8 +338,8 @@ pub struct TemplateView {
     previous_category: Option<String>,
     /// An announced recategorisation: the category it will have at `category_change_at`.
     correct_category: Option<String>,
-    /// Unix ms of the last or announced recategorisation.
-    category_change_at: Option<i64>,
+    /// When the last or announced recategorisation took or takes effect.
+    category_change_at: Option<String>,
     rejected_reason: Option<String>,
 }
 
@@ -357,7 +365,7 @@ pub async fn templates(State(state): State<ApiState>) -> ApiResult<Json<Vec<Temp
             quality: t.quality,
             previous_category: t.previous_category,
             correct_category: t.correct_category,
-            category_change_at: t.category_change_at,
+            category_change_at: at_opt(t.category_change_at),
             rejected_reason: t.rejected_reason,
         })
         .collect();
@@ -411,7 +419,13 @@ pub async fn opt_outs(
 #[serde(deny_unknown_fields)]
 pub struct NewOptOut {
     phone: String,
+    /// May be left out, but not `null`: the schema says string.
+    #[serde(default, deserialize_with = "present_string")]
     reason: Option<String>,
+}
+
+fn present_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
 }
 
 /// Puts a number on the opt-out list and closes its open rows in every campaign as

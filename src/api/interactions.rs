@@ -1,13 +1,15 @@
 //! The agents' side of the admin API (SPEC §5.3): list, read, reply, recontact, tag and close
 //! interactions. Handlers are thin: the inbox decides, the store remembers.
 
-use super::ApiState;
+use super::extract::Path;
+use super::{ApiError, ApiState};
+use crate::domain::error_class::ErrorClass;
 use crate::inbox::{AgentError, AgentReply};
 use crate::provider::{Media, MediaKind};
 use crate::store::InteractionFilter;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -23,6 +25,12 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 impl IntoResponse for AgentError {
     fn into_response(self) -> Response {
+        if let AgentError::Provider(e) = &self {
+            let c = e.classification();
+            if c.class == ErrorClass::Throttled {
+                return throttled(c.min_delay, self.to_string());
+            }
+        }
         let (status, code) = match &self {
             AgentError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AgentError::WindowExpired => (StatusCode::CONFLICT, "window_expired"),
@@ -42,14 +50,34 @@ impl IntoResponse for AgentError {
     }
 }
 
+/// The provider throttled an agent's message (the pair rate, 131056, above all): 429 with
+/// `Retry-After`, the classification's wait, in whole seconds and at least one. Nothing is
+/// queued: the agent sends again.
+fn throttled(wait: Option<std::time::Duration>, message: String) -> Response {
+    let secs = wait.map_or(1, |w| w.as_secs_f64().ceil() as u64).max(1);
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "throttled", message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
 fn bad_json(rejection: JsonRejection) -> Response {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge(format!("the body is too large: {}", rejection.body_text()))
+            .into_response();
+    }
     error(StatusCode::BAD_REQUEST, "bad_json", rejection.body_text())
 }
 
 pub(super) async fn list(
     State(state): State<ApiState>,
-    Query(filter): Query<InteractionFilter>,
+    filter: Result<Query<InteractionFilter>, QueryRejection>,
 ) -> Response {
+    let filter = match filter {
+        Ok(Query(f)) => f,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     match state.inbox.store().interactions(&filter).await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => AgentError::Store(e).into_response(),
@@ -221,6 +249,7 @@ pub(super) async fn recontact(State(state): State<ApiState>, Path(id): Path<i64>
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct TagsBody {
     tags: Vec<String>,
 }
@@ -243,21 +272,25 @@ pub(super) async fn tags(
     tags.sort();
     tags.dedup();
     match state.inbox.store().set_interaction_tags(id, &tags).await {
-        Ok(true) => Json(json!({ "id": id, "tags": tags })).into_response(),
-        Ok(false) => AgentError::NotFound(id).into_response(),
+        Ok(_) => whole_interaction(&state, id).await,
         Err(e) => AgentError::Store(e).into_response(),
     }
 }
 
+/// Closing a closed interaction is no error: either way the answer is the closed interaction.
 pub(super) async fn close(State(state): State<ApiState>, Path(id): Path<i64>) -> Response {
     let now = state.clock.now_millis();
     match state.inbox.store().close_interaction(id, now).await {
-        Ok(true) => Json(json!({ "id": id, "state": "closed" })).into_response(),
-        Ok(false) => match state.inbox.store().interaction(id).await {
-            Ok(Some(_)) => Json(json!({ "id": id, "state": "closed" })).into_response(),
-            Ok(None) => AgentError::NotFound(id).into_response(),
-            Err(e) => AgentError::Store(e).into_response(),
-        },
+        Ok(_) => whole_interaction(&state, id).await,
+        Err(e) => AgentError::Store(e).into_response(),
+    }
+}
+
+/// The interaction as `GET /api/interactions` lists it, or 404.
+async fn whole_interaction(state: &ApiState, id: i64) -> Response {
+    match state.inbox.store().interaction(id).await {
+        Ok(Some(i)) => Json(i).into_response(),
+        Ok(None) => AgentError::NotFound(id).into_response(),
         Err(e) => AgentError::Store(e).into_response(),
     }
 }

@@ -15,6 +15,7 @@
 //! More routes (the interactions endpoints) are added in [`router`], before the catch-all.
 
 mod error;
+mod extract;
 mod handlers;
 mod interactions;
 

@@ -61,10 +61,15 @@ pub struct ReportRow {
     pub last_error_text: Option<String>,
     pub wamid: Option<String>,
     pub message_status: Option<String>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
     pub loaded_at: Millis,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub sent_at: Option<Millis>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub delivered_at: Option<Millis>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub read_at: Option<Millis>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub closed_at: Option<Millis>,
 }
 

@@ -27,8 +27,11 @@ pub struct InteractionRow {
     pub kind: String,
     pub state: String,
     pub reason: Option<String>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
     pub opened_at: Millis,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub closed_at: Option<Millis>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339_opt")]
     pub window_expires_at: Option<Millis>,
     pub tags: Vec<String>,
 }
@@ -41,6 +44,7 @@ pub struct MessageRow {
     pub text: Option<String>,
     pub wamid: Option<String>,
     pub status: Option<String>,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
     pub at: Millis,
 }
 
@@ -58,12 +62,30 @@ pub struct OutboundMessage<'a> {
 
 /// Filters of `GET /api/interactions`.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InteractionFilter {
-    pub state: Option<String>,
+    pub state: Option<InteractionState>,
     pub line: Option<String>,
     pub campaign: Option<String>,
     pub tag: Option<String>,
     pub q: Option<String>,
+}
+
+/// An interaction's state, as stored in `interactions.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InteractionState {
+    Open,
+    Closed,
+}
+
+impl InteractionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InteractionState::Open => "open",
+            InteractionState::Closed => "closed",
+        }
+    }
 }
 
 /// The customer-service window lasts 24 h after the contact's last inbound message.
@@ -345,8 +367,11 @@ impl Store {
         }
         let mut binds: Vec<String> = Vec::new();
         let mut clauses: Vec<String> = Vec::new();
-        if let Some(v) = &f.state {
-            clauses.push(format!("i.state = {}", param(&mut binds, v.clone())));
+        if let Some(v) = f.state {
+            clauses.push(format!(
+                "i.state = {}",
+                param(&mut binds, v.as_str().to_string())
+            ));
         }
         if let Some(v) = &f.line {
             clauses.push(format!("i.line = {}", param(&mut binds, v.clone())));

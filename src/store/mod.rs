@@ -26,7 +26,8 @@ pub use dispatch::{
     Settle, StatusRecord, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
 };
 pub use inbox::{
-    InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
+    InteractionFilter, InteractionRow, InteractionState, MessageRow, OutboundMessage, ReplyTarget,
+    WINDOW_MILLIS,
 };
 pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
@@ -89,6 +90,7 @@ impl Store {
             } else {
                 format!("{url}?mode=rwc")
             };
+            create_private_sqlite_file(&url)?;
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_string())
@@ -325,6 +327,28 @@ async fn release_check(conn: &mut sqlx::AnyConnection) -> Result<bool, sqlx::Err
 
 /// How long an SQLite write waits for another process's lock before failing with "database
 /// is locked": 10 s, or `TIERCAST_SQLITE_BUSY_TIMEOUT_MS` (tests of that failure use less).
+/// SQLite creates a new database file 0644, and its `-wal` and `-shm` files with the database
+/// file's mode: phone numbers, names and message texts readable by every local user. So a new
+/// database file is created here first, 0600 (less where the umask says so). When this cannot
+/// create it, SQLite's own open fails too, with its error.
+fn create_private_sqlite_file(url: &str) -> StoreResult<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !url.contains("mode=rwc") {
+        return Ok(());
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    Ok(())
+}
+
 fn sqlite_busy_timeout_ms() -> u64 {
     std::env::var("TIERCAST_SQLITE_BUSY_TIMEOUT_MS")
         .ok()

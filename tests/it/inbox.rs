@@ -314,7 +314,8 @@ async fn expired_window_refuses_free_text_and_recontact_sends_the_template() {
     inject(&daemon, old).await;
     let (_, list) = api(&daemon, "GET", "/api/interactions", None).await;
     let id = list[0]["id"].as_i64().unwrap();
-    assert!(list[0]["window_expires_at"].as_i64().unwrap() < SystemClock.now_millis());
+    let expires = list[0]["window_expires_at"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(expires).unwrap() < SystemClock.now());
     let (code, body) = api(
         &daemon,
         "POST",

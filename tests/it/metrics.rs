@@ -37,6 +37,7 @@ line = "{LINE}"
 template = {{ name = "renewal_reminder", language = "pt_BR" }}
 lists = ["metrics-l"]
 variables = {{ "1" = "name|literal:friend", "2" = "literal:gold", "3" = "literal:30%" }}
+max_failure_rate = 0.5
 "#,
         env = crate::api::TOKEN_ENV
     )
@@ -174,10 +175,11 @@ async fn metrics_after_a_known_run() {
     // The gauges come from housekeeping (every second): poll until they show the end state.
     let url = format!("{}/metrics", daemon.url());
     let deadline = Instant::now() + Duration::from_secs(30);
-    let samples = loop {
+    let (text, samples) = loop {
         let resp = reqwest::get(&url).await.unwrap();
         assert_eq!(resp.status(), 200);
-        let samples = parse(&resp.text().await.unwrap());
+        let text = resp.text().await.unwrap();
+        let samples = parse(&text);
         let pending = value(
             &samples,
             "tiercast_hopper_contacts",
@@ -189,7 +191,7 @@ async fn metrics_after_a_known_run() {
             &[("portfolio", "metrics-pf")],
         );
         if pending == Some(7.0) && used == Some(10.0) {
-            break samples;
+            break (text, samples);
         }
         assert!(
             Instant::now() < deadline,
@@ -317,6 +319,32 @@ async fn metrics_after_a_known_run() {
             > 5,
         "histogram buckets, not a summary"
     );
+    // Every family, failures and the latency histogram included, passes promtool.
+    promtool_check(&text);
+    // Counters known at start exist before their first event, so increase() sees it.
+    assert_eq!(
+        v("tiercast_campaign_pauses_total", &[("campaign", CAMPAIGN)]),
+        0.0
+    );
+    assert_eq!(
+        v(
+            "tiercast_replies_total",
+            &[("campaign", CAMPAIGN), ("kind", "answer")]
+        ),
+        0.0
+    );
+    // Every series the dashboard and the alert rules query is exported.
+    let exported: BTreeSet<&str> = samples.iter().map(|s| s.name.as_str()).collect();
+    for file in ["grafana/tiercast.json", "grafana/alerts.yml"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for r in metric_refs(&text) {
+            assert!(
+                exported.contains(r.as_str()),
+                "{file} queries {r}, which /metrics does not export"
+            );
+        }
+    }
     daemon.shutdown().await;
 }
 
@@ -492,4 +520,114 @@ fn alert_rules_use_only_defined_metrics() {
             "alert rule uses {r}, which src/metrics.rs does not define"
         );
     }
+}
+
+/// Runs `promtool check metrics` (Debian package `prometheus`) on a scrape: every family must
+/// have HELP text, and names and types must follow Prometheus' conventions. Without promtool
+/// this is skipped on a developer's machine and fails under CI (`.ci/run` installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let present = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is not installed (apt-get install prometheus)"
+        );
+        eprintln!("promtool check skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A daemon's first scrape passes promtool, and the counters whose labels the config names
+/// exist at zero before anything happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
+    let db = fresh_db().await;
+    let cfg = config_text(&db.url)
+        .replace(LINE, "promtool-line")
+        .replace(CAMPAIGN, "promtool-camp")
+        .replace("metrics-pf", "promtool-pf");
+    let (daemon, _) = start_daemon(&cfg, |_| {}).await;
+    let text = reqwest::get(format!("{}/metrics", daemon.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    daemon.shutdown().await;
+    promtool_check(&text);
+
+    let samples = parse(&text);
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            value(&samples, name, labels),
+            Some(0.0),
+            "{name} {labels:?}\n{text}"
+        );
+    };
+    let lc = [("line", "promtool-line"), ("campaign", "promtool-camp")];
+    zero("tiercast_messages_sent_total", &lc);
+    zero(
+        "tiercast_campaign_pauses_total",
+        &[("campaign", "promtool-camp")],
+    );
+    for kind in ["answer", "free_text", "late"] {
+        zero(
+            "tiercast_replies_total",
+            &[("campaign", "promtool-camp"), ("kind", kind)],
+        );
+    }
+    for status in ["sent", "delivered", "read", "failed"] {
+        zero(
+            "tiercast_message_status_total",
+            &[("line", "promtool-line"), ("status", status)],
+        );
+    }
+    // Other tests of this process bump these: present is what matters here.
+    for reason in [
+        "bad_signature",
+        "missing_signature",
+        "invalid_json",
+        "bad_secret",
+    ] {
+        assert!(
+            value(
+                &samples,
+                "tiercast_webhook_rejected_total",
+                &[("reason", reason)]
+            )
+            .is_some(),
+            "webhook_rejected_total{{reason={reason}}} missing"
+        );
+    }
+    assert!(value(
+        &samples,
+        "tiercast_webhook_events_total",
+        &[("kind", "inbound")]
+    )
+    .is_some());
 }

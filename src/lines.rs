@@ -168,6 +168,13 @@ fn gupshup_runtime(config: &Config, line: &Line) -> Result<LineRuntime, ConfigEr
         Some(v) => Some(config.secret(&line.key, "webhook_secret_env", Some(v))?),
         None => None,
     };
+    if line.webhook_unauthenticated {
+        tracing::warn!(
+            line = %line.name,
+            "webhook_auth = \"none\": this Gupshup line accepts callbacks from anyone, who can \
+             opt contacts out and fake delivery reports; set webhook_secret_env or webhook_allow_ips"
+        );
+    }
     let provider = GupshupClient::new(GupshupSettings {
         api_base: line.api_base.clone().unwrap_or_default(),
         source: line.source.clone().unwrap_or_default(),

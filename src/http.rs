@@ -10,7 +10,7 @@ use crate::inbox::Inbox;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::Store;
-use crate::webhook::{parse_gupshup_webhook, parse_meta_webhook, verify};
+use crate::webhook::{parse_gupshup_webhook, parse_meta_webhook, verify, EventOwner, MetaEvent};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -97,20 +97,58 @@ async fn meta_handshake(
     }
 }
 
-/// Signed events: the signature is checked over the raw bytes before anything is parsed or
-/// stored; valid bodies are applied and answered 200, also for events we do not use.
+/// The lines whose app secret signed `body`. Each distinct secret is tried once.
+fn lines_signing<'a>(
+    lines: &'a HashMap<String, Arc<LineRuntime>>,
+    body: &[u8],
+    signature: Option<&str>,
+) -> Vec<&'a LineRuntime> {
+    let mut tried: Vec<(&[u8], bool)> = Vec::new();
+    lines
+        .values()
+        .filter(|rt| {
+            let Some(secret) = rt.app_secret.as_ref().map(|s| s.expose().as_bytes()) else {
+                return false;
+            };
+            if let Some((_, ok)) = tried.iter().find(|(s, _)| *s == secret) {
+                return *ok;
+            }
+            let ok = verify(secret, body, signature).is_ok();
+            tried.push((secret, ok));
+            ok
+        })
+        .map(|rt| &**rt)
+        .collect()
+}
+
+/// Whether an event was signed by the app of the line it names. Meta signs with the secret of
+/// the app the number or account belongs to, so a valid signature of another line's app does
+/// not speak for it. An event naming no line (another number of the app, or no metadata) only
+/// needs a signature from one of ours, checked before.
+fn signed_by_its_line(
+    event: &MetaEvent,
+    lines: &HashMap<String, Arc<LineRuntime>>,
+    signers: &[&LineRuntime],
+) -> bool {
+    let names = |rt: &LineRuntime| match event.owner() {
+        EventOwner::PhoneNumber(id) => rt.line.phone_number_id == id,
+        EventOwner::Account(id) => rt.waba_id == id,
+        EventOwner::Unnamed => false,
+    };
+    let mut named = lines.values().filter(|rt| names(rt)).peekable();
+    named.peek().is_none() || named.any(|rt| signers.iter().any(|s| s.line.name == rt.line.name))
+}
+
+/// Signed events: the signature is checked over the raw bytes before anything is parsed, and
+/// each event against the secret of the line it names; valid bodies are applied and answered
+/// 200, also for events we do not use. A body with any event its line's app did not sign is
+/// refused whole: Meta signs one POST with one app's secret, so it is not Meta's.
 async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
-    let mut secrets: Vec<&[u8]> = state
-        .lines
-        .values()
-        .filter_map(|rt| rt.app_secret.as_ref().map(|s| s.expose().as_bytes()))
-        .collect();
-    secrets.sort_unstable();
-    secrets.dedup();
-    if !secrets.iter().any(|s| verify(s, &body, signature).is_ok()) {
+    let signers = lines_signing(&state.lines, &body, signature);
+    if signers.is_empty() {
         let reason = if signature.is_none() {
             "missing_signature"
         } else {
@@ -136,6 +174,22 @@ async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: B
             return error(StatusCode::BAD_REQUEST, "malformed", e.to_string());
         }
     };
+    if let Some(event) = events
+        .iter()
+        .find(|ev| !signed_by_its_line(ev, &state.lines, &signers))
+    {
+        m::webhook_rejected("wrong_line_secret");
+        tracing::warn!(
+            owner = ?event.owner(),
+            signed_by = ?signers.iter().map(|rt| rt.line.name.as_str()).collect::<Vec<_>>(),
+            "webhook rejected: an event's line has another app secret than the one that signed it"
+        );
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "wrong_line_secret",
+            "X-Hub-Signature-256 is not signed with the app secret of the line an event names",
+        );
+    }
     match state.inbox.apply(&events).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => {

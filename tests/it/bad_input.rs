@@ -292,3 +292,131 @@ async fn huge_and_unknown_shaped_bodies_are_answered_200() {
     healthy(&daemon).await;
     daemon.shutdown().await;
 }
+
+const META_TOKEN_ENV: &str = "TIERCAST_IT_LINE_SECRETS_TOKEN";
+const META_SECRET_ENV: &str = "TIERCAST_IT_LINE_SECRETS_META";
+const SIM_SECRET_ENV: &str = "TIERCAST_IT_LINE_SECRETS_SIM";
+const META_PNID: &str = "106540352242922";
+
+fn meta_and_simulator_config(url: &str, simulator_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+database_url = "{url}"
+
+[[lines]]
+name = "meta"
+provider = "meta"
+tier = "unlimited"
+phone_number_id = "{META_PNID}"
+waba_id = "102290129340398"
+api_base = "http://127.0.0.1:9/v23.0"
+access_token_env = "{META_TOKEN_ENV}"
+app_secret_env = "{META_SECRET_ENV}"
+
+[[lines]]
+name = "sim"
+provider = "simulator"
+tier = "unlimited"
+{simulator_extra}
+"#
+    )
+}
+
+/// An inbound STOP from `phone` to the number `pnid`.
+fn inbound_stop(pnid: &str, phone: &str) -> Value {
+    json!({ "object": "whatsapp_business_account", "entry": [{ "id": "102290129340398", "changes": [{
+        "field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": { "display_phone_number": "15550001111", "phone_number_id": pnid },
+            "contacts": [{ "profile": { "name": "X" }, "wa_id": phone }],
+            "messages": [{ "from": phone, "id": format!("wamid.stop-{pnid}-{phone}"),
+                "timestamp": "1795000000", "type": "text", "text": { "body": "STOP" } }] } }] }] })
+}
+
+async fn post_meta(daemon: &Daemon, secret: &str, body: &Value) -> u16 {
+    let body = body.to_string();
+    reqwest::Client::new()
+        .post(format!("{}/webhooks/meta", daemon.url()))
+        .header(
+            "X-Hub-Signature-256",
+            tiercast::webhook::sign(secret.as_bytes(), body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn count(daemon: &Daemon, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+        .fetch_one(daemon.store.pool())
+        .await
+        .unwrap()
+}
+
+/// Each event is checked against the app secret of the line it names: the public simulator
+/// secret never passes for a Meta line (a simulator line without a secret of its own beside a
+/// real line is refused at start), nor does another line's secret, nor a body mixing lines.
+async fn webhooks_are_checked_against_the_secret_of_the_line_they_name(db: TestDb) {
+    std::env::set_var(META_TOKEN_ENV, "meta-token");
+    std::env::set_var(META_SECRET_ENV, "meta-app-secret");
+    std::env::set_var(SIM_SECRET_ENV, "sim-line-own-secret");
+    let options = || ServeOptions {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..ServeOptions::new(Arc::new(SystemClock) as SharedClock)
+    };
+    let refused = serve::start(
+        Config::parse(&meta_and_simulator_config(&db.url, ""), "t.toml").unwrap(),
+        options(),
+    )
+    .await
+    .err()
+    .expect("a simulator line on the public secret beside a meta line is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains("t.toml: lines[1].app_secret_env:"),
+        "{message}"
+    );
+    assert!(message.contains(SIM_APP_SECRET), "{message}");
+
+    let config =
+        meta_and_simulator_config(&db.url, &format!(r#"app_secret_env = "{SIM_SECRET_ENV}""#));
+    let daemon = serve::start(Config::parse(&config, "t.toml").unwrap(), options())
+        .await
+        .unwrap();
+    let sim_pnid = daemon.config.line("sim").unwrap().phone_number_id.clone();
+    let stop = inbound_stop(META_PNID, "5511970000009");
+    // Forged with the public constant, or with the other line's own secret: 401.
+    assert_eq!(post_meta(&daemon, SIM_APP_SECRET, &stop).await, 401);
+    assert_eq!(post_meta(&daemon, "sim-line-own-secret", &stop).await, 401);
+    // A body mixing the two lines, signed by one app: refused whole.
+    let mut mixed = inbound_stop(&sim_pnid, "5511970000008");
+    let meta_entry = stop["entry"][0].clone();
+    mixed["entry"].as_array_mut().unwrap().push(meta_entry);
+    assert_eq!(post_meta(&daemon, "sim-line-own-secret", &mixed).await, 401);
+    assert_eq!(post_meta(&daemon, "meta-app-secret", &mixed).await, 401);
+    assert_eq!(
+        (
+            count(&daemon, "opt_outs").await,
+            count(&daemon, "messages").await
+        ),
+        (0, 0),
+        "nothing stored"
+    );
+
+    // Each line's own app: accepted and acted on.
+    assert_eq!(post_meta(&daemon, "meta-app-secret", &stop).await, 200);
+    let sim_stop = inbound_stop(&sim_pnid, "5511970000008");
+    assert_eq!(
+        post_meta(&daemon, "sim-line-own-secret", &sim_stop).await,
+        200
+    );
+    assert_eq!(count(&daemon, "opt_outs").await, 2);
+    // The public constant is no key at all here.
+    assert_eq!(post_meta(&daemon, SIM_APP_SECRET, &sim_stop).await, 401);
+    daemon.shutdown().await;
+}
+crate::both_backends!(webhooks_are_checked_against_the_secret_of_the_line_they_name);

@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Meta sends up to 3 MB per webhook POST; leave room above that.
 pub const WEBHOOK_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -57,6 +58,140 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(api)
+}
+
+/// How long a client may stay silent: while sending a request's head, between two requests
+/// on a kept-alive connection, and between two pieces of a request body.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// File descriptors kept for everything but clients: the database pool, each line's provider
+/// connections, the in-process simulator, logs and the listener, with room to spare.
+fn reserved_descriptors(config: &Config) -> u64 {
+    // The in-process simulator holds the other end of its lines' provider connections.
+    let provider: u64 = config
+        .lines
+        .iter()
+        .map(|l| match (l.provider, &l.api_base) {
+            (ProviderKind::Simulator, None) => 2 * l.max_in_flight as u64,
+            _ => l.max_in_flight as u64,
+        })
+        .sum();
+    let database = 16;
+    256 + provider + database
+}
+
+/// The fewest client connections worth serving; below that the file limit is too low to run.
+const MIN_CONNECTIONS: u64 = 32;
+
+/// Raises the soft open-file limit to the hard one and returns it.
+fn raise_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    // rlim_t is u64 here, not on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(limit.rlim_cur as u64)
+}
+
+/// How many client connections the daemon holds at once: its open-file limit (raised to the
+/// hard limit) less what the database and the providers need, so slow or numerous clients
+/// can never take the descriptors sending depends on.
+pub fn max_connections(config: &Config) -> Result<usize, ConnectionLimitError> {
+    let files = raise_file_limit().map_err(ConnectionLimitError::Read)?;
+    let reserved = reserved_descriptors(config);
+    match files.checked_sub(reserved) {
+        Some(n) if n >= MIN_CONNECTIONS => Ok(n.min(usize::MAX as u64) as usize),
+        _ => Err(ConnectionLimitError::TooLow { files, reserved }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionLimitError {
+    #[error("reading the open-file limit: {0}")]
+    Read(std::io::Error),
+    #[error("the open-file limit is {files}, and the database and providers need {reserved} of them: \
+             raise it (LimitNOFILE in the systemd unit, ulimit -n) to at least {}",
+            reserved + MIN_CONNECTIONS)]
+    TooLow { files: u64, reserved: u64 },
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish.
+/// At most `max_connections` clients are connected at once (the rest wait in the listen
+/// backlog), and each gets [`CLIENT_TIMEOUT`] to send a request's head, to start its next
+/// request, and between pieces of a body; past it the connection is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait, retry.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                let (mut parts, body) = req.into_parts();
+                // Peer addresses feed the Gupshup webhook's IP allow-list.
+                parts.extensions.insert(ConnectInfo(peer));
+                let body = tower_http::timeout::TimeoutBody::new(CLIENT_TIMEOUT, body);
+                axum::http::Request::from_parts(parts, axum::body::Body::new(body))
+            },
+        );
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {

@@ -192,19 +192,17 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         config: config.clone(),
         campaign_changes: dispatcher.campaign_changes(),
     });
+    let max_connections = http::max_connections(&config)?;
+    tracing::info!(
+        max_connections,
+        "HTTP client connections capped below the open-file limit"
+    );
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
         let stop = async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         };
-        // Peer addresses feed the Gupshup webhook's IP allow-list.
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
+        http::serve(listener, router, max_connections, stop).await;
     });
     // Registered before the lines start, so line sharing counts this daemon from the first.
     let member = format!("member:{}", dispatcher.holder());

@@ -420,3 +420,100 @@ async fn webhooks_are_checked_against_the_secret_of_the_line_they_name(db: TestD
     daemon.shutdown().await;
 }
 crate::both_backends!(webhooks_are_checked_against_the_secret_of_the_line_they_name);
+
+/// Slow clients (slowloris): more connections than the daemon's open-file limit, each sending
+/// a request line and then one header line now and then, never finishing. Connections are
+/// capped below the limit and cut after the client timeout, so the database and the provider
+/// keep their descriptors: sending goes on, and `/healthz` answers (at worst after waiting its
+/// turn behind the capped connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_neither_stop_sending_nor_health_checks() {
+    use crate::procs::{Rig, RigOptions};
+    use std::os::unix::process::CommandExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::AsyncWriteExt;
+    const FILES: libc::rlim_t = 1024;
+    const SLOW_CLIENTS: usize = 1100;
+    let mut rig = Rig::new(RigOptions {
+        contacts: 4000,
+        throughput_mps: 100,
+        ..RigOptions::default()
+    })
+    .await;
+    let daemon = rig.start_daemon_with(|cmd| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: FILES,
+                    rlim_max: FILES,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    rig.wait_http(&rig.daemon_url("/healthz"), &daemon).await;
+    let addr = format!("127.0.0.1:{}", rig.daemon_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..SLOW_CLIENTS {
+        let (addr, stop) = (addr.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut conn) = tokio::net::TcpStream::connect(&addr).await else {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                };
+                let mut line = format!("GET /healthz?slow={i} HTTP/1.1\r\n");
+                while !stop.load(Ordering::Relaxed) && conn.write_all(line.as_bytes()).await.is_ok()
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    line = format!("X-Slow-{i}: still here\r\n");
+                }
+            }
+        }));
+    }
+    // Let the slow clients fill every slot the daemon has.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent_before = rig.ledger().await.len();
+    let attack = Instant::now();
+    // A new connection each time, queued like any client's.
+    let health = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(25))
+        .build()
+        .unwrap();
+    let mut slowest = Duration::ZERO;
+    while attack.elapsed() < Duration::from_secs(20) {
+        let asked = Instant::now();
+        let resp = health.get(rig.daemon_url("/healthz")).send().await;
+        assert!(
+            resp.as_ref().is_ok_and(|r| r.status().is_success()),
+            "/healthz during the attack: {resp:?}\n{}",
+            daemon.log_tail()
+        );
+        slowest = slowest.max(asked.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let sent_during = rig.ledger().await.len() - sent_before;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.abort();
+    }
+    let seconds = attack.elapsed().as_secs_f64();
+    eprintln!("slow clients: {sent_during} sent in {seconds:.0} s; slowest /healthz {slowest:?}");
+    // 100 msg/s when nothing is in the way; half of that proves sending went on.
+    assert!(
+        sent_during as f64 > 50.0 * seconds,
+        "only {sent_during} sent in {seconds:.0} s\n{}",
+        daemon.log_tail()
+    );
+    assert!(
+        !rig.daemon_log().contains("Too many open files"),
+        "{}",
+        daemon.log_tail()
+    );
+}

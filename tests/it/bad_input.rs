@@ -517,3 +517,50 @@ async fn slow_clients_neither_stop_sending_nor_health_checks() {
         daemon.log_tail()
     );
 }
+
+/// An open-file limit that leaves too few client connections after the database and the
+/// providers stops `serve` at start, saying what to raise it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_an_open_file_limit_too_low_to_serve_clients() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndatabase_url = \"sqlite://{}\"\n\n[[lines]]\nname = \"main\"\nprovider = \"simulator\"\napi_base = \"http://127.0.0.1:9/v23.0\"\nmax_in_flight = 16\n",
+            dir.path().join("t.db").display()
+        ),
+    )
+    .unwrap();
+    let run = |command: &str| {
+        let mut cmd = std::process::Command::new(binary());
+        cmd.args([command, "--config", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn");
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: 200,
+                    rlim_max: 200,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    assert!(run("migrate").status.success());
+    let out = run("serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 256 kept for the daemon itself, 16 for the database, 16 for the line's requests.
+    assert!(
+        stderr.contains("the open-file limit is 200")
+            && stderr
+                .contains("raise it (LimitNOFILE in the systemd unit, ulimit -n) to at least 320"),
+        "{stderr}"
+    );
+}

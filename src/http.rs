@@ -10,7 +10,7 @@ use crate::inbox::Inbox;
 use crate::lines::LineRuntime;
 use crate::metrics as m;
 use crate::store::Store;
-use crate::webhook::{parse_gupshup_webhook, parse_meta_webhook, verify};
+use crate::webhook::{parse_gupshup_webhook, parse_meta_webhook, verify, EventOwner, MetaEvent};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -21,6 +21,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Meta sends up to 3 MB per webhook POST; leave room above that.
 pub const WEBHOOK_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -57,6 +58,153 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(api)
+}
+
+/// How long a client may stay silent: while sending a request's head, between two requests
+/// on a kept-alive connection, and between two pieces of a request body.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a connection accepted while nine in ten slots are taken: under a flood of
+/// slow clients their slots turn over five times faster, so a prompt client (a health check,
+/// Meta's webhook) waits less in the backlog. A well-behaved client sends a head in
+/// milliseconds.
+pub const BUSY_CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// File descriptors kept for everything but clients: the database pool, each line's provider
+/// connections, the in-process simulator, logs and the listener, with room to spare.
+fn reserved_descriptors(config: &Config) -> u64 {
+    // The in-process simulator holds the other end of its lines' provider connections.
+    let provider: u64 = config
+        .lines
+        .iter()
+        .map(|l| match (l.provider, &l.api_base) {
+            (ProviderKind::Simulator, None) => 2 * l.max_in_flight as u64,
+            _ => l.max_in_flight as u64,
+        })
+        .sum();
+    let database = 16;
+    256 + provider + database
+}
+
+/// The fewest client connections worth serving; below that the file limit is too low to run.
+const MIN_CONNECTIONS: u64 = 32;
+
+/// Raises the soft open-file limit to the hard one and returns it.
+fn raise_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+    }
+    // rlim_t is u64 here, not on every platform.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(limit.rlim_cur as u64)
+}
+
+/// How many client connections the daemon holds at once: its open-file limit (raised to the
+/// hard limit) less what the database and the providers need, so slow or numerous clients
+/// can never take the descriptors sending depends on.
+pub fn max_connections(config: &Config) -> Result<usize, ConnectionLimitError> {
+    let files = raise_file_limit().map_err(ConnectionLimitError::Read)?;
+    let reserved = reserved_descriptors(config);
+    match files.checked_sub(reserved) {
+        Some(n) if n >= MIN_CONNECTIONS => Ok(n.min(usize::MAX as u64) as usize),
+        _ => Err(ConnectionLimitError::TooLow { files, reserved }),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionLimitError {
+    #[error("reading the open-file limit: {0}")]
+    Read(std::io::Error),
+    #[error("the open-file limit is {files}, and the database and providers need {reserved} of them: \
+             raise it (LimitNOFILE in the systemd unit, ulimit -n) to at least {}",
+            reserved + MIN_CONNECTIONS)]
+    TooLow { files: u64, reserved: u64 },
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish.
+/// At most `max_connections` clients are connected at once (the rest wait in the listen
+/// backlog), and each gets [`CLIENT_TIMEOUT`] ([`BUSY_CLIENT_TIMEOUT`] when nearly all are
+/// taken) to send a request's head, to start its next request, and between pieces of a body;
+/// past it the connection is closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT);
+    let mut busy_http = http.clone();
+    busy_http.header_read_timeout(BUSY_CLIENT_TIMEOUT);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: wait, retry.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let busy = permits.available_permits() < max_connections / 10;
+        let (http, timeout) = match busy {
+            true => (&busy_http, BUSY_CLIENT_TIMEOUT),
+            false => (&http, CLIENT_TIMEOUT),
+        };
+        let service = tower::ServiceExt::map_request(
+            router.clone(),
+            move |req: axum::http::Request<hyper::body::Incoming>| {
+                let (mut parts, body) = req.into_parts();
+                // Peer addresses feed the Gupshup webhook's IP allow-list.
+                parts.extensions.insert(ConnectInfo(peer));
+                let body = tower_http::timeout::TimeoutBody::new(timeout, body);
+                axum::http::Request::from_parts(parts, axum::body::Body::new(body))
+            },
+        );
+        let connection = http.serve_connection(
+            TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "HTTP connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -97,20 +245,58 @@ async fn meta_handshake(
     }
 }
 
-/// Signed events: the signature is checked over the raw bytes before anything is parsed or
-/// stored; valid bodies are applied and answered 200, also for events we do not use.
+/// The lines whose app secret signed `body`. Each distinct secret is tried once.
+fn lines_signing<'a>(
+    lines: &'a HashMap<String, Arc<LineRuntime>>,
+    body: &[u8],
+    signature: Option<&str>,
+) -> Vec<&'a LineRuntime> {
+    let mut tried: Vec<(&[u8], bool)> = Vec::new();
+    lines
+        .values()
+        .filter(|rt| {
+            let Some(secret) = rt.app_secret.as_ref().map(|s| s.expose().as_bytes()) else {
+                return false;
+            };
+            if let Some((_, ok)) = tried.iter().find(|(s, _)| *s == secret) {
+                return *ok;
+            }
+            let ok = verify(secret, body, signature).is_ok();
+            tried.push((secret, ok));
+            ok
+        })
+        .map(|rt| &**rt)
+        .collect()
+}
+
+/// Whether an event was signed by the app of the line it names. Meta signs with the secret of
+/// the app the number or account belongs to, so a valid signature of another line's app does
+/// not speak for it. An event naming no line (another number of the app, or no metadata) only
+/// needs a signature from one of ours, checked before.
+fn signed_by_its_line(
+    event: &MetaEvent,
+    lines: &HashMap<String, Arc<LineRuntime>>,
+    signers: &[&LineRuntime],
+) -> bool {
+    let names = |rt: &LineRuntime| match event.owner() {
+        EventOwner::PhoneNumber(id) => rt.line.phone_number_id == id,
+        EventOwner::Account(id) => rt.waba_id == id,
+        EventOwner::Unnamed => false,
+    };
+    let mut named = lines.values().filter(|rt| names(rt)).peekable();
+    named.peek().is_none() || named.any(|rt| signers.iter().any(|s| s.line.name == rt.line.name))
+}
+
+/// Signed events: the signature is checked over the raw bytes before anything is parsed, and
+/// each event against the secret of the line it names; valid bodies are applied and answered
+/// 200, also for events we do not use. A body with any event its line's app did not sign is
+/// refused whole: Meta signs one POST with one app's secret, so it is not Meta's.
 async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let signature = headers
         .get("x-hub-signature-256")
         .and_then(|v| v.to_str().ok());
-    let mut secrets: Vec<&[u8]> = state
-        .lines
-        .values()
-        .filter_map(|rt| rt.app_secret.as_ref().map(|s| s.expose().as_bytes()))
-        .collect();
-    secrets.sort_unstable();
-    secrets.dedup();
-    if !secrets.iter().any(|s| verify(s, &body, signature).is_ok()) {
+    let signers = lines_signing(&state.lines, &body, signature);
+    if signers.is_empty() {
         let reason = if signature.is_none() {
             "missing_signature"
         } else {
@@ -136,6 +322,22 @@ async fn meta_events(State(state): State<HttpState>, headers: HeaderMap, body: B
             return error(StatusCode::BAD_REQUEST, "malformed", e.to_string());
         }
     };
+    if let Some(event) = events
+        .iter()
+        .find(|ev| !signed_by_its_line(ev, &state.lines, &signers))
+    {
+        m::webhook_rejected("wrong_line_secret");
+        tracing::warn!(
+            owner = ?event.owner(),
+            signed_by = ?signers.iter().map(|rt| rt.line.name.as_str()).collect::<Vec<_>>(),
+            "webhook rejected: an event's line has another app secret than the one that signed it"
+        );
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "wrong_line_secret",
+            "X-Hub-Signature-256 is not signed with the app secret of the line an event names",
+        );
+    }
     match state.inbox.apply(&events).await {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => {

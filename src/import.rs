@@ -22,6 +22,13 @@ use std::time::Instant;
 /// The largest field accepted; bigger ones are rejected rows, not memory blow-ups.
 pub const MAX_FIELD_BYTES: usize = 64 * 1024;
 
+/// The most columns a header or row may have, and the most bytes a header or row may take.
+/// The CSV parser holds a whole record (and an index entry per field) in memory, so these are
+/// checked on the raw bytes before it sees them: a file past them is refused, naming the line.
+pub const MAX_COLUMNS: usize = 1000;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_ROW_BYTES: usize = 1024 * 1024;
+
 /// How many rejected rows [`ImportSummary::rejected`] keeps (the count in `invalid` is exact).
 pub const MAX_REJECTED_IN_SUMMARY: usize = 100;
 
@@ -122,6 +129,12 @@ pub enum ImportError {
         line: u64,
         message: String,
     },
+    #[error("{file}: line {line}: {message}; nothing was imported")]
+    TooLarge {
+        file: String,
+        line: u64,
+        message: String,
+    },
     #[error("{option}: {message}")]
     Option {
         option: &'static str,
@@ -168,6 +181,27 @@ impl Source for BytesSource<'_> {
 
     fn open(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
         Ok(Box::new(self.bytes))
+    }
+
+    fn rejects_path(&self) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// A CSV spooled to a temporary file (the `POST /api/lists/{name}/import` body): both passes
+/// read it from disk, so memory stays flat whatever the body holds. Deleted when dropped.
+pub struct SpooledSource {
+    pub name: String,
+    pub file: tempfile::NamedTempFile,
+}
+
+impl Source for SpooledSource {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn open(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(self.file.reopen()?))
     }
 
     fn rejects_path(&self) -> Option<PathBuf> {
@@ -247,12 +281,111 @@ fn sniff_delimiter(first_line: &[u8]) -> u8 {
     [b',', b';', b'\t'][best]
 }
 
-fn csv_reader<R: Read>(reader: R, delimiter: u8) -> csv::Reader<R> {
+fn csv_reader<R: Read>(reader: R, delimiter: u8) -> csv::Reader<RecordLimits<R>> {
     csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
         .flexible(true)
-        .from_reader(reader)
+        .from_reader(RecordLimits::new(reader, delimiter))
+}
+
+/// A record past [`MAX_COLUMNS`], [`MAX_HEADER_BYTES`] or [`MAX_ROW_BYTES`], found by
+/// [`RecordLimits`] and carried to [`csv_error`] inside an I/O error.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct RecordTooLarge {
+    line: u64,
+    message: String,
+}
+
+/// Where [`RecordLimits`] is within a record, following the parser's quoting rules: a quote
+/// opens a quoted field only at the field's start, and `""` inside one is a literal quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    FieldStart,
+    Unquoted,
+    Quoted,
+    QuoteInQuoted,
+}
+
+/// Passes bytes through while following CSV quoting just enough to see where records end,
+/// and fails the read once a record has too many columns or bytes: the parser behind it never
+/// buffers more than the limits allow.
+struct RecordLimits<R> {
+    inner: R,
+    delimiter: u8,
+    state: Quoting,
+    /// 1-based line where the current record started, and the line being read.
+    record_line: u64,
+    line: u64,
+    record_bytes: usize,
+    columns: usize,
+}
+
+impl<R> RecordLimits<R> {
+    fn new(inner: R, delimiter: u8) -> Self {
+        RecordLimits {
+            inner,
+            delimiter,
+            state: Quoting::FieldStart,
+            record_line: 1,
+            line: 1,
+            record_bytes: 0,
+            columns: 1,
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), RecordTooLarge> {
+        for &b in bytes {
+            self.record_bytes += 1;
+            if b == b'\n' {
+                self.line += 1;
+            }
+            let end_of_record = b == b'\n' || b == b'\r';
+            self.state = match (self.state, b) {
+                (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+                (Quoting::Quoted, _) => Quoting::Quoted,
+                (Quoting::FieldStart, b'"') | (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+                (_, d) if d == self.delimiter => {
+                    self.columns += 1;
+                    Quoting::FieldStart
+                }
+                (_, _) if end_of_record => {
+                    self.record_line = self.line;
+                    self.record_bytes = 0;
+                    self.columns = 1;
+                    Quoting::FieldStart
+                }
+                _ => Quoting::Unquoted,
+            };
+            let (what, max_bytes) = match self.record_line {
+                1 => ("the header", MAX_HEADER_BYTES),
+                _ => ("the row", MAX_ROW_BYTES),
+            };
+            if self.columns > MAX_COLUMNS {
+                return Err(RecordTooLarge {
+                    line: self.record_line,
+                    message: format!("{what} has more than {MAX_COLUMNS} columns"),
+                });
+            }
+            if self.record_bytes > max_bytes {
+                return Err(RecordTooLarge {
+                    line: self.record_line,
+                    message: format!("{what} is longer than {max_bytes} bytes"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for RecordLimits<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.scan(&buf[..n])
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        Ok(n)
+    }
 }
 
 fn record_line(record: &csv::ByteRecord) -> u64 {
@@ -262,6 +395,27 @@ fn record_line(record: &csv::ByteRecord) -> u64 {
 fn csv_error(file: &str, e: csv::Error) -> ImportError {
     let line = e.position().map(|p| p.line()).unwrap_or(0);
     match e.into_kind() {
+        csv::ErrorKind::Io(source)
+            if source
+                .get_ref()
+                .is_some_and(|inner| inner.is::<RecordTooLarge>()) =>
+        {
+            let too_large = source
+                .into_inner()
+                .and_then(|inner| inner.downcast::<RecordTooLarge>().ok());
+            match too_large {
+                Some(t) => ImportError::TooLarge {
+                    file: file.to_string(),
+                    line: t.line,
+                    message: t.message,
+                },
+                None => ImportError::Csv {
+                    file: file.to_string(),
+                    line,
+                    message: "the record is too large".into(),
+                },
+            }
+        }
         csv::ErrorKind::Io(source) => ImportError::Io {
             file: file.to_string(),
             source,

@@ -58,6 +58,7 @@ pub fn build(
     config: &Config,
     simulator_base: Option<&str>,
 ) -> Result<HashMap<String, Arc<LineRuntime>>, ConfigError> {
+    refuse_public_secret_beside_real_lines(config)?;
     let mut out = HashMap::new();
     for line in &config.lines {
         let rt = match line.provider {
@@ -91,7 +92,7 @@ pub fn build(
                     None => Ok(Secret::new(default)),
                 };
                 let token = optional("access_token_env", &line.access_token_env, SIM_ACCESS_TOKEN)?;
-                let app_secret = optional("app_secret_env", &line.app_secret_env, SIM_APP_SECRET)?;
+                let app_secret = simulator_app_secret(config, line)?;
                 let verify =
                     optional("verify_token_env", &line.verify_token_env, SIM_VERIFY_TOKEN)?;
                 let base = match (&line.api_base, simulator_base) {
@@ -123,6 +124,47 @@ pub fn build(
         out.insert(line.name.clone(), Arc::new(rt));
     }
     Ok(out)
+}
+
+/// The key a simulator line signs and checks webhooks with: its own, or the public
+/// [`SIM_APP_SECRET`] when it names none.
+pub fn simulator_app_secret(config: &Config, line: &Line) -> Result<Secret, ConfigError> {
+    match &line.app_secret_env {
+        Some(var) => config.secret(&line.key, "app_secret_env", Some(var)),
+        None => Ok(Secret::new(SIM_APP_SECRET)),
+    }
+}
+
+/// [`SIM_APP_SECRET`] is public: a simulator line using it beside Meta or Gupshup lines would
+/// let anyone sign webhooks the daemon acts on (an inbound STOP opts a contact out on every
+/// line), so such a config is refused until the simulator line names its own secret.
+fn refuse_public_secret_beside_real_lines(config: &Config) -> Result<(), ConfigError> {
+    let Some(real) = config
+        .lines
+        .iter()
+        .find(|l| l.provider != ProviderKind::Simulator)
+    else {
+        return Ok(());
+    };
+    match config
+        .lines
+        .iter()
+        .find(|l| l.provider == ProviderKind::Simulator && l.app_secret_env.is_none())
+    {
+        None => Ok(()),
+        Some(sim) => Err(ConfigError {
+            file: config.source.clone(),
+            line: None,
+            key: format!("{}.app_secret_env", sim.key),
+            message: format!(
+                "simulator line {:?} would check webhooks with the public {SIM_APP_SECRET:?} beside \
+                 {} line {:?}; name a secret of its own in app_secret_env, or remove the line",
+                sim.name,
+                real.provider.as_str(),
+                real.name
+            ),
+        }),
+    }
 }
 
 fn runtime(
@@ -168,6 +210,13 @@ fn gupshup_runtime(config: &Config, line: &Line) -> Result<LineRuntime, ConfigEr
         Some(v) => Some(config.secret(&line.key, "webhook_secret_env", Some(v))?),
         None => None,
     };
+    if line.webhook_unauthenticated {
+        tracing::warn!(
+            line = %line.name,
+            "webhook_auth = \"none\": this Gupshup line accepts callbacks from anyone, who can \
+             opt contacts out and fake delivery reports; set webhook_secret_env or webhook_allow_ips"
+        );
+    }
     let provider = GupshupClient::new(GupshupSettings {
         api_base: line.api_base.clone().unwrap_or_default(),
         source: line.source.clone().unwrap_or_default(),

@@ -93,6 +93,7 @@ const WEBHOOK_REJECT_REASONS: &[&str] = &[
     "missing_secret",
     "bad_secret",
     "unknown_app",
+    "wrong_line_secret",
 ];
 
 /// Creates at zero every counter series whose labels are known at start (the config's

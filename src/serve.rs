@@ -10,7 +10,7 @@ use crate::dispatch::Dispatcher;
 use crate::domain::{CampaignCommand, CampaignState, HopperState, Outcome};
 use crate::http::{self, HttpState};
 use crate::inbox::Inbox;
-use crate::lines::{self, LineRuntime, SIM_ACCESS_TOKEN, SIM_APP_SECRET};
+use crate::lines::{self, LineRuntime, SIM_ACCESS_TOKEN};
 use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::Provider;
@@ -121,15 +121,19 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
                 .lines
                 .iter()
                 .filter(|l| l.provider == ProviderKind::Simulator && l.api_base.is_none())
-                .map(|l| SimLine {
-                    phone_number_id: l.phone_number_id.clone(),
-                    waba_id: lines::sim_waba_id(l),
-                    access_token: SIM_ACCESS_TOKEN.into(),
-                    app_secret: SIM_APP_SECRET.into(),
-                    throughput_mps: l.throughput_mps,
-                    display_phone_number: "15550000000".into(),
+                .map(|l| {
+                    Ok(SimLine {
+                        phone_number_id: l.phone_number_id.clone(),
+                        waba_id: lines::sim_waba_id(l),
+                        access_token: SIM_ACCESS_TOKEN.into(),
+                        app_secret: lines::simulator_app_secret(&config, l)?
+                            .expose()
+                            .to_string(),
+                        throughput_mps: l.throughput_mps,
+                        display_phone_number: "15550000000".into(),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, crate::config::ConfigError>>()?,
             webhook_url: Some(format!("http://{addr}/webhooks/meta")),
             clock: Some(options.clock.clone()),
             ..SimConfig::default()
@@ -197,19 +201,17 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         config: config.clone(),
         campaign_changes: dispatcher.campaign_changes(),
     });
+    let max_connections = http::max_connections(&config)?;
+    tracing::info!(
+        max_connections,
+        "HTTP client connections capped below the open-file limit"
+    );
     let mut http_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
         let stop = async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         };
-        // Peer addresses feed the Gupshup webhook's IP allow-list.
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
+        http::serve(listener, router, max_connections, stop).await;
     });
     // Registered before the lines start, so line sharing counts this daemon from the first.
     let member = format!("member:{}", dispatcher.holder());

@@ -129,7 +129,8 @@ impl From<ImportError> for ApiError {
             | ImportError::NoPhoneColumn { .. }
             | ImportError::DuplicateColumn { .. }
             | ImportError::NotUtf8 { .. }
-            | ImportError::Csv { .. } => ApiError::bad_request("bad_csv", e.to_string()),
+            | ImportError::Csv { .. }
+            | ImportError::TooLarge { .. } => ApiError::bad_request("bad_csv", e.to_string()),
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::campaign;
 use crate::clock::{rfc3339, Millis};
 use crate::domain::phone::{self, Phone};
 use crate::domain::{CampaignCommand, Outcome};
-use crate::import::{self, BytesSource, ImportOptions, RejectedRow};
+use crate::import::{self, ImportOptions, RejectedRow, SpooledSource};
 use crate::store::{ContactCampaignRow, OptOutRecord};
 use crate::tiers;
 use axum::body::Bytes;
@@ -155,7 +155,7 @@ pub async fn import_list(
     name: Result<Path<String>, PathRejection>,
     query: Result<Query<ImportQuery>, QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Json<ImportView>> {
     let Path(list) = name?;
     let Query(query) = query?;
@@ -175,7 +175,7 @@ pub async fn import_list(
             )));
         }
     }
-    let body = body?;
+    let source = spool(body).await?;
     let options = ImportOptions {
         list: list.clone(),
         default_country: query
@@ -184,10 +184,6 @@ pub async fn import_list(
         opt_in: query.opt_in.unwrap_or(false),
         batch_size: state.config.import.batch_size.max(1),
         progress: false,
-    };
-    let source = BytesSource {
-        name: "request body".into(),
-        bytes: &body,
     };
     let summary = import::import(&state.store, &*state.clock, &source, &options).await?;
     tracing::info!(%list, imported = summary.imported, updated = summary.updated,
@@ -202,6 +198,38 @@ pub async fn import_list(
         invalid: summary.invalid,
         rejected: summary.rejected,
     }))
+}
+
+/// Writes an import body to a temporary file as it arrives, up to [`super::IMPORT_BODY_LIMIT`]:
+/// held in memory whole, a body is copied several times over by parsing.
+async fn spool(body: axum::body::Body) -> ApiResult<SpooledSource> {
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let internal = |e: std::io::Error| {
+        tracing::error!(error = %e, "admin API: import body not spooled");
+        ApiError::Internal("the body could not be stored for import; see the daemon's log".into())
+    };
+    let file = tempfile::NamedTempFile::new().map_err(internal)?;
+    let mut out = tokio::fs::File::from_std(file.as_file().try_clone().map_err(internal)?);
+    let mut stream = body.into_data_stream();
+    let mut size = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request("bad_body", format!("reading the body: {e}")))?;
+        size += chunk.len();
+        if size > super::IMPORT_BODY_LIMIT {
+            return Err(ApiError::TooLarge(format!(
+                "the body is larger than {} bytes; import bigger files with `tiercast import`",
+                super::IMPORT_BODY_LIMIT
+            )));
+        }
+        out.write_all(&chunk).await.map_err(internal)?;
+    }
+    out.flush().await.map_err(internal)?;
+    Ok(SpooledSource {
+        name: "request body".into(),
+        file,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -36,8 +36,8 @@ use subtle::ConstantTimeEq;
 
 /// JSON bodies are small; anything bigger is refused with 413.
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
-/// `POST /api/lists/{name}/import` holds the CSV in memory: 32 MiB (about 400,000 contacts).
-/// Bigger files go through `tiercast import`, which streams.
+/// `POST /api/lists/{name}/import` spools the CSV to a temporary file: at most 32 MiB (about
+/// 400,000 contacts). Bigger files go through `tiercast import`.
 pub const IMPORT_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// The OpenAPI 3.1 description of the admin API, served at `GET /api/openapi.json`.

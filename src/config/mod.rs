@@ -90,7 +90,7 @@ struct RawServer {
     listen: Option<String>,
     database_url: Option<String>,
     admin_token_env: Option<String>,
-    reconcile_after: Option<String>,
+    reconcile_after: Option<toml::Spanned<String>>,
     shutdown_grace: Option<String>,
     lease_ttl: Option<String>,
 }
@@ -138,7 +138,7 @@ struct RawLine {
     throughput_mps: Option<u32>,
     follow_throughput_upgrades: Option<bool>,
     max_in_flight: Option<usize>,
-    request_timeout: Option<String>,
+    request_timeout: Option<toml::Spanned<String>>,
     time_group: Option<String>,
     out_of_hours_text: Option<String>,
     recontact_template: Option<toml::Spanned<RawTemplateRef>>,
@@ -150,6 +150,7 @@ struct RawLine {
     api_key_env: Option<String>,
     webhook_secret_env: Option<String>,
     webhook_allow_ips: Option<Vec<String>>,
+    webhook_auth: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -248,6 +249,8 @@ pub struct Server {
     pub database_url: String,
     pub admin_token_env: Option<String>,
     pub reconcile_after: Duration,
+    /// Where `reconcile_after` is written, for errors found after parsing.
+    pub(crate) reconcile_after_line: Option<usize>,
     pub shutdown_grace: Duration,
     /// How long a daemon's hold on a line (or the singleton duties) lasts without renewal;
     /// another daemon takes over after it expires.
@@ -352,6 +355,8 @@ pub struct Line {
     pub max_in_flight: usize,
     /// Whole provider request, sending to last body byte; past it the outcome is unknown.
     pub request_timeout: Duration,
+    /// Where `request_timeout` is written, for errors found after parsing.
+    pub(crate) request_timeout_line: Option<usize>,
     pub time_group: Option<String>,
     pub out_of_hours_text: Option<String>,
     pub recontact: Option<LineRecontact>,
@@ -363,6 +368,9 @@ pub struct Line {
     pub webhook_secret_env: Option<String>,
     /// Gupshup callbacks are only accepted from these networks (empty: from anywhere).
     pub webhook_allow_ips: Vec<ipnet::IpNet>,
+    /// `webhook_auth = "none"`: the operator chose to accept this Gupshup line's callbacks
+    /// from anyone (no secret, no allow-list). Warned about at every start.
+    pub webhook_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -701,6 +709,7 @@ impl Validator<'_> {
             )?;
             lines.push(line);
         }
+        self.reconcile_outlasts_requests(&server, &lines)?;
 
         self.unique_names("campaigns", raw.campaigns.iter().map(|c| &c.name))?;
         let mut campaigns = Vec::new();
@@ -758,9 +767,13 @@ impl Validator<'_> {
             admin_token_env: raw.admin_token_env,
             reconcile_after: self.duration(
                 "server.reconcile_after",
-                raw.reconcile_after.as_deref(),
+                raw.reconcile_after.as_ref().map(|s| s.get_ref().as_str()),
                 Duration::from_secs(600),
             )?,
+            reconcile_after_line: raw
+                .reconcile_after
+                .as_ref()
+                .map(|s| line_at(self.text, s.span().start)),
             shutdown_grace: self.duration(
                 "server.shutdown_grace",
                 raw.shutdown_grace.as_deref(),
@@ -771,6 +784,38 @@ impl Validator<'_> {
                 raw.lease_ttl.as_deref(),
                 Duration::from_secs(15),
             )?,
+        })
+    }
+
+    /// An attempt whose answer is still on its way when `reconcile_after` ends is abandoned and
+    /// sent again, so every line's request must end well before it.
+    fn reconcile_outlasts_requests(
+        &self,
+        server: &Server,
+        lines: &[Line],
+    ) -> Result<(), ConfigError> {
+        let Some(line) = lines
+            .iter()
+            .find(|l| l.request_timeout >= server.reconcile_after)
+        else {
+            return Ok(());
+        };
+        let (key, at) = match (server.reconcile_after_line, line.request_timeout_line) {
+            (None, Some(at)) => (format!("{}.request_timeout", line.key), Some(at)),
+            (at, _) => ("server.reconcile_after".to_string(), at),
+        };
+        Err(ConfigError {
+            file: self.source.to_string(),
+            line: at,
+            key,
+            message: format!(
+                "server.reconcile_after ({}) must be longer than {}.request_timeout ({}) of line {:?}: \
+                 a send still waiting for its answer would be given up and sent again",
+                humantime::format_duration(server.reconcile_after),
+                line.key,
+                humantime::format_duration(line.request_timeout),
+                line.name,
+            ),
         })
     }
 
@@ -936,6 +981,7 @@ impl Validator<'_> {
         let gupshup_only = [
             ("webhook_secret_env", raw.webhook_secret_env.is_some()),
             ("webhook_allow_ips", raw.webhook_allow_ips.is_some()),
+            ("webhook_auth", raw.webhook_auth.is_some()),
         ];
         if provider != ProviderKind::Gupshup {
             if let Some((field, _)) = gupshup_only.iter().find(|(_, set)| *set) {
@@ -954,6 +1000,13 @@ impl Validator<'_> {
                 )
             })?);
         }
+        let webhook_unauthenticated = self.gupshup_webhook_auth(
+            &key,
+            provider,
+            raw.webhook_auth.as_deref(),
+            raw.webhook_secret_env.is_some(),
+            !webhook_allow_ips.is_empty(),
+        )?;
         if let Some(base) = &api_base {
             if !(base.starts_with("http://") || base.starts_with("https://")) {
                 return Err(self.err(
@@ -964,9 +1017,13 @@ impl Validator<'_> {
         }
         let request_timeout = self.duration(
             &format!("{key}.request_timeout"),
-            raw.request_timeout.as_deref(),
+            raw.request_timeout.as_ref().map(|s| s.get_ref().as_str()),
             DEFAULT_REQUEST_TIMEOUT,
         )?;
+        let request_timeout_line = raw
+            .request_timeout
+            .as_ref()
+            .map(|s| line_at(self.text, s.span().start));
         if request_timeout.is_zero() {
             return Err(self.err(format!("{key}.request_timeout"), "must be above zero"));
         }
@@ -1013,6 +1070,7 @@ impl Validator<'_> {
                 })
                 .max(1),
             request_timeout,
+            request_timeout_line,
             time_group: raw.time_group,
             out_of_hours_text: raw.out_of_hours_text,
             recontact,
@@ -1022,7 +1080,41 @@ impl Validator<'_> {
             api_key_env: raw.api_key_env,
             webhook_secret_env: raw.webhook_secret_env,
             webhook_allow_ips,
+            webhook_unauthenticated,
         })
+    }
+
+    /// Gupshup signs nothing: a line's callbacks must carry its shared secret or come from its
+    /// allow-list, unless the operator writes `webhook_auth = "none"` (and gets a warning at
+    /// every start). Without that, anyone could opt contacts out or fake delivery reports.
+    /// Returns whether the line takes unauthenticated callbacks.
+    fn gupshup_webhook_auth(
+        &self,
+        key: &str,
+        provider: ProviderKind,
+        webhook_auth: Option<&str>,
+        has_secret: bool,
+        has_allow_ips: bool,
+    ) -> Result<bool, ConfigError> {
+        if provider != ProviderKind::Gupshup {
+            return Ok(false);
+        }
+        match webhook_auth {
+            Some("none") if has_secret || has_allow_ips => Err(self.err(
+                format!("{key}.webhook_auth"),
+                "\"none\" contradicts webhook_secret_env / webhook_allow_ips, which authenticate callbacks; remove one",
+            )),
+            Some("none") => Ok(true),
+            Some(other) => Err(self.err(
+                format!("{key}.webhook_auth"),
+                format!("{other:?} is not accepted; the only value is \"none\" (callbacks from anyone), otherwise set webhook_secret_env or webhook_allow_ips"),
+            )),
+            None if has_secret || has_allow_ips => Ok(false),
+            None => Err(self.err(
+                format!("{key}.webhook_secret_env"),
+                "a gupshup line needs webhook_secret_env or webhook_allow_ips: Gupshup signs nothing, so without them anyone could post callbacks (opt contacts out, fake delivery reports); write webhook_auth = \"none\" to accept that knowingly",
+            )),
+        }
     }
 
     fn datetime(

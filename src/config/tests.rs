@@ -339,3 +339,83 @@ fn a_line_has_no_default_country_imports_have_one() {
     assert_eq!(e.key, "lines[0].default_country");
     assert!(e.message.contains("unknown field"), "{e}");
 }
+
+#[test]
+fn reconcile_after_must_outlast_every_request_timeout() {
+    // Equal is refused too: an answer arriving at the last moment would race the resend.
+    let text = format!("[server]\nreconcile_after = \"20s\"\n{BASE}");
+    let e = err(&text);
+    assert_eq!(
+        (e.file.as_str(), e.line, e.key.as_str()),
+        ("t.toml", Some(2), "server.reconcile_after"),
+        "{e}"
+    );
+    assert!(e.message.contains("lines[0].request_timeout (20s)"), "{e}");
+    assert!(e.message.contains("\"main\""), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("t.toml:2: server.reconcile_after: "),
+        "{e}"
+    );
+
+    // The default reconcile_after against a line's long timeout: the line's key is named.
+    let long = BASE.replace(
+        "portfolio = \"acme\"",
+        "portfolio = \"acme\"\nrequest_timeout = \"15m\"",
+    );
+    let e = err(&long);
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (Some(10), "lines[0].request_timeout"),
+        "{e}"
+    );
+
+    let ok = format!("[server]\nreconcile_after = \"21s\"\n{BASE}");
+    assert_eq!(
+        parse(&ok).unwrap().server.reconcile_after,
+        Duration::from_secs(21)
+    );
+}
+
+#[test]
+fn gupshup_callbacks_need_a_secret_an_allow_list_or_an_explicit_none() {
+    let without = |drop: &[&str]| -> String {
+        GUPSHUP
+            .lines()
+            .filter(|l| !drop.iter().any(|d| l.starts_with(&format!("{d} ="))))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Either one alone is enough.
+    parse(&without(&["webhook_secret_env"])).unwrap();
+    parse(&without(&["webhook_allow_ips"])).unwrap();
+
+    let neither = without(&["webhook_secret_env", "webhook_allow_ips"]);
+    let e = err(&neither);
+    assert_eq!(e.key, "lines[0].webhook_secret_env", "{e}");
+    assert!(e.message.contains("webhook_auth = \"none\""), "{e}");
+    // An empty allow-list admits everyone: no better than none.
+    let e = err(&format!("{neither}\nwebhook_allow_ips = []"));
+    assert_eq!(e.key, "lines[0].webhook_secret_env", "{e}");
+
+    let cfg = parse(&format!("{neither}\nwebhook_auth = \"none\"")).unwrap();
+    assert!(cfg.line("gs").unwrap().webhook_unauthenticated);
+    assert!(
+        !parse(GUPSHUP)
+            .unwrap()
+            .line("gs")
+            .unwrap()
+            .webhook_unauthenticated
+    );
+
+    let e = err(&format!("{neither}\nwebhook_auth = \"secret\""));
+    assert_eq!(e.key, "lines[0].webhook_auth", "{e}");
+    let e = err(&format!("{GUPSHUP}webhook_auth = \"none\""));
+    assert_eq!(e.key, "lines[0].webhook_auth", "{e}");
+    assert!(e.message.contains("contradicts"), "{e}");
+    let e = err(&BASE.replace(
+        "provider = \"simulator\"",
+        "provider = \"simulator\"\nwebhook_auth = \"none\"",
+    ));
+    assert_eq!(e.key, "lines[0].webhook_auth", "{e}");
+}

@@ -341,12 +341,18 @@ impl Inbox {
         // Gupshup's `enqueued` is no step of a message's life: only the ids it pairs matter.
         let mut steps: Vec<&StatusEvent> = Vec::with_capacity(events.len());
         for ev in events {
+            let enqueued = ev.status.as_str() == "enqueued";
             if let Some(alt) = ev.alt_id.as_deref() {
-                self.store
+                let ours = self
+                    .store
                     .add_message_alias(alt, &ev.wamid, self.clock.now_millis())
                     .await?;
+                // Other statuses of an id not stored yet are looked at again below.
+                if !ours && enqueued {
+                    self.retry_unmatched(ev);
+                }
             }
-            if ev.status.as_str() != "enqueued" {
+            if !enqueued {
                 steps.push(*ev);
             }
         }

@@ -143,21 +143,33 @@ impl Store {
     }
 
     /// Records that `alias` (e.g. the WhatsApp id Gupshup reports) names the message stored
-    /// as `wamid` (Gupshup's own id). Idempotent; the first mapping of an alias wins.
-    pub async fn add_message_alias(&self, alias: &str, wamid: &str, at: Millis) -> StoreResult<()> {
+    /// as `wamid` (Gupshup's own id). Only for a message tiercast sent: callbacks naming ids it
+    /// never sent (forged, or another sender's on the same app) add no row, so they cannot
+    /// grow the table. Idempotent; the first mapping of an alias wins. Returns whether `wamid`
+    /// is one of ours (false: nothing recorded, the send may not be stored yet).
+    pub async fn add_message_alias(
+        &self,
+        alias: &str,
+        wamid: &str,
+        at: Millis,
+    ) -> StoreResult<bool> {
         if alias.is_empty() || wamid.is_empty() || alias == wamid {
-            return Ok(());
+            return Ok(true);
         }
-        sqlx::query(
-            "INSERT INTO message_aliases (alias, wamid, created_at) VALUES ($1, $2, $3) \
+        let added = sqlx::query(
+            "INSERT INTO message_aliases (alias, wamid, created_at) SELECT $1, $2, $3 \
+             WHERE EXISTS (SELECT 1 FROM hopper WHERE wamid = $2) \
+                OR EXISTS (SELECT 1 FROM messages WHERE wamid = $2 AND direction = 'out') \
              ON CONFLICT (alias) DO NOTHING",
         )
         .bind(alias)
         .bind(wamid)
         .bind(at)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        // Nothing added: a replay of a known mapping, or an id we never sent.
+        Ok(added > 0 || self.knows_message_id(wamid).await?)
     }
 
     /// The stored id an alias stands for, if one was recorded.

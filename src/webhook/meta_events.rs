@@ -282,7 +282,52 @@ pub enum MetaEvent {
     },
 }
 
+/// What an event is about, as far as the line it belongs to goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOwner<'a> {
+    /// Messages, statuses, preferences and errors name the business phone number.
+    PhoneNumber(&'a str),
+    /// Template, limit and account events name the WhatsApp Business Account.
+    Account(&'a str),
+    /// The change carried neither (no `metadata`, or a field we do not use).
+    Unnamed,
+}
+
 impl MetaEvent {
+    /// The phone number or account this event names, to check it against its line's secret.
+    pub fn owner(&self) -> EventOwner<'_> {
+        fn phone(id: &str) -> EventOwner<'_> {
+            if id.is_empty() {
+                EventOwner::Unnamed
+            } else {
+                EventOwner::PhoneNumber(id)
+            }
+        }
+        match self {
+            MetaEvent::Status(s) => phone(&s.phone_number_id),
+            MetaEvent::Inbound(m) => phone(&m.phone_number_id),
+            MetaEvent::UserPreference {
+                phone_number_id, ..
+            }
+            | MetaEvent::SystemErrors {
+                phone_number_id, ..
+            } => phone_number_id
+                .as_deref()
+                .map_or(EventOwner::Unnamed, phone),
+            MetaEvent::TemplateStatus { waba_id, .. }
+            | MetaEvent::TemplateQuality { waba_id, .. }
+            | MetaEvent::TemplateCategory { waba_id, .. }
+            | MetaEvent::PhoneNumberQuality { waba_id, .. }
+            | MetaEvent::BusinessCapability { waba_id, .. }
+            | MetaEvent::AccountUpdate { waba_id, .. }
+                if !waba_id.is_empty() =>
+            {
+                EventOwner::Account(waba_id)
+            }
+            _ => EventOwner::Unnamed,
+        }
+    }
+
     /// Stable label for `webhook_events_total{kind}`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@ pub mod signature;
 
 pub use gupshup_events::{parse_gupshup_webhook, GupshupWebhook};
 pub use meta_events::{
-    parse_meta_webhook, ApiErrorInfo, InboundKind, InboundMessage, MessageStatus, MetaEvent,
-    StatusEvent, WebhookParseError,
+    parse_meta_webhook, ApiErrorInfo, EventOwner, InboundKind, InboundMessage, MessageStatus,
+    MetaEvent, StatusEvent, WebhookParseError,
 };
 pub use signature::{sign, verify, SignatureError};

@@ -566,6 +566,40 @@ async fn import_refuses_bad_files_with_the_line() {
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "bad_query")
     );
+    // The report's forged bodies: one 30 MiB row of commas, an 8 MB header of 1M columns.
+    // Both are refused by line before the parser holds them.
+    let commas = format!("phone,name\n+5511970001001,{}\n", ",".repeat(30 << 20));
+    let (status, body) = api
+        .post_raw("/api/lists/api-l/import", "text/csv", &commas)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_csv")
+    );
+    assert!(
+        message(&body).contains("line 2: the row has more than 1000 columns"),
+        "{body}"
+    );
+    let header = format!("phone{}\n+5511970001001\n", ",column".repeat(1 << 20));
+    let (status, body) = api
+        .post_raw("/api/lists/api-l/import", "text/csv", &header)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_csv")
+    );
+    assert!(
+        message(&body).contains("line 1: the header has more than 1000 columns"),
+        "{body}"
+    );
+    let over = "x".repeat(tiercast::api::IMPORT_BODY_LIMIT + 1);
+    let (status, body) = api
+        .post_raw("/api/lists/api-l/import", "text/csv", &over)
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
     // Nothing was written by the refused files: the campaign still cannot start.
     let (status, body) = api.post("/api/campaigns/api-c/start").await;
     assert_eq!(

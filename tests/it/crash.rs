@@ -29,6 +29,8 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
         // Longer than the webhook backlog a restarted daemon works through on a loaded
         // 2-core machine (seconds), so the test is sound; the unsent orphans wait this long.
         reconcile_after: "15s",
+        // Below reconcile_after, as the config requires.
+        request_timeout: "10s",
         // The simulator answers 150 ms after accepting, so every kill catches sends the
         // provider accepted and the daemon has not recorded: the path rule 7 is about.
         max_in_flight: 64,

@@ -139,6 +139,7 @@ async fn a_5xx_storm_mid_campaign_leaves_attempts_unknown_then_sends_them_once()
     let mut rig = Rig::new(RigOptions {
         // Safe here: no send that met a fault was accepted, so none can be settled late.
         reconcile_after: "3s",
+        request_timeout: "2s",
         throughput_mps: 100,
         ..RigOptions::default()
     })

@@ -235,6 +235,40 @@ async fn sends_and_follows_statuses_to_read(db: TestDb) {
 }
 crate::both_backends!(sends_and_follows_statuses_to_read);
 
+/// Callbacks that pair ids of messages tiercast never sent (forged, or another sender's on the
+/// same app) store no alias: a flood of them cannot grow the table.
+async fn callbacks_for_messages_not_sent_by_us_add_no_alias(db: TestDb) {
+    let gs = start_gs(&db, |_| {}).await;
+    let url = gs.daemon.url();
+    for i in 0..20 {
+        let forged = json!({"app":"DemoApp","timestamp":1585344476683u64,"version":2,
+            "type":"message-event","payload":{"id": format!("forged-gs-{i}"), "type":"enqueued",
+            "destination":"919876500000",
+            "payload":{"whatsappMessageId": format!("gBforged{i}"),"type":"template"}}});
+        assert_eq!(
+            post_callback(&url, "/webhooks/gupshup", Some(SECRET), &forged).await,
+            200
+        );
+        let read = json!({"app":"DemoApp","timestamp":1585344476683u64,"version":2,
+            "type":"message-event","payload":{"id": format!("gBforged-read-{i}"), "type":"read",
+            "gsId": format!("forged-read-gs-{i}"), "destination":"919876500000",
+            "payload":{"ts":1585344602}}});
+        assert_eq!(
+            post_callback(&url, "/webhooks/gupshup", Some(SECRET), &read).await,
+            200
+        );
+    }
+    // Past the look-again window of statuses that name an id not stored yet.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let aliases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM message_aliases")
+        .fetch_one(gs.daemon.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(aliases, 0);
+    gs.daemon.shutdown().await;
+}
+crate::both_backends!(callbacks_for_messages_not_sent_by_us_add_no_alias);
+
 /// Button answer closes; free text hands off and the agent's reply goes out through
 /// `/wa/api/v1/msg`; STOP opts out; a reply quoting only the WhatsApp id still finds its row.
 async fn answers_handoff_and_opt_out(db: TestDb) {
@@ -1049,4 +1083,85 @@ async fn a_callback_before_the_send_answer_is_not_lost() {
     let s = wait_for(&daemon, &config, "delivered", |s| s.delivered == 1).await;
     assert_eq!(s.sent, 1);
     daemon.shutdown().await;
+}
+
+/// A Gupshup line with neither a secret nor an allow-list: `serve` refuses the config naming
+/// the key, unless `webhook_auth = "none"` says so, which it then warns about at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_callbacks_need_webhook_auth_none_and_warn_at_every_start() {
+    use crate::procs::{free_port, Proc};
+    use std::process::Command;
+    set_env();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let port = free_port();
+    let open = gupshup_config(&url, "http://127.0.0.1:9", "")
+        .replace(&format!("webhook_secret_env = \"{SECRET_ENV}\"\n"), "")
+        .replace(
+            "[server]\n",
+            &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+        );
+    let config = dir.path().join("t.toml");
+    let config_arg = config.display().to_string();
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .args(args)
+            .args(["--config", &config_arg])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&config, &open).unwrap();
+    let refused = run(&["serve"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("t.toml: lines[0].webhook_secret_env:"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &config,
+        open.replace(
+            "max_in_flight = 8\n",
+            "max_in_flight = 8\nwebhook_auth = \"none\"\n",
+        ),
+    )
+    .unwrap();
+    assert!(run(&["migrate"]).status.success());
+    let sandbox = json!({"app":"DemoApp","timestamp":1,"version":2,"type":"user-event",
+        "payload":{"phone":"callbackSetPhone","type":"sandbox-start"}});
+    for start in 0..2 {
+        let log = dir.path().join(format!("serve-{start}.log"));
+        let args: Vec<String> = ["serve", "--config", &config_arg]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let daemon = Proc::spawn("serve", &args, &log);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let daemon_url = format!("http://127.0.0.1:{port}");
+        loop {
+            let up = reqwest::get(format!("{daemon_url}/healthz")).await.is_ok();
+            if up {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                daemon.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("WARN") && text.contains("accepts callbacks from anyone"),
+            "start {start}: {text}"
+        );
+        // As configured: a callback with no secret is taken.
+        assert_eq!(
+            post_callback(&daemon_url, "/webhooks/gupshup", None, &sandbox).await,
+            200
+        );
+        drop(daemon);
+    }
 }

@@ -202,6 +202,87 @@ async fn huge_fields_and_ragged_rows_are_rejected_rows(db: TestDb) {
     );
 }
 
+both_backends!(oversized_headers_and_rows_are_refused_by_line_and_write_nothing);
+/// Rows and headers past the column and size limits stop the import before the parser holds
+/// them, naming the line; quoting is followed the way the parser follows it, so delimiters
+/// inside quotes and a stray quote mid-field count as they should.
+async fn oversized_headers_and_rows_are_refused_by_line_and_write_nothing(db: TestDb) {
+    use tiercast::import::{MAX_COLUMNS, MAX_HEADER_BYTES, MAX_ROW_BYTES};
+    let refused = |name: &str, csv: String| {
+        let path = db.write(name, csv);
+        let store = db.store.clone();
+        let clock = db.clock.clone();
+        async move {
+            import::import(&store, &clock, &FileSource(path), &options("l"))
+                .await
+                .unwrap_err()
+        }
+    };
+    let wide_header = format!("phone{}\n+5511987654321\n", ",c".repeat(MAX_COLUMNS));
+    let e = refused("wide-header.csv", wide_header).await;
+    assert!(matches!(e, ImportError::TooLarge { line: 1, .. }), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("line 1: the header has more than 1000 columns; nothing was imported"),
+        "{e}"
+    );
+    let long_header = format!("phone,{}\n+5511987654321,x\n", "h".repeat(MAX_HEADER_BYTES));
+    let e = refused("long-header.csv", long_header).await;
+    assert!(
+        e.to_string()
+            .contains("line 1: the header is longer than 65536 bytes"),
+        "{e}"
+    );
+    // A row of commas, as the report had (far more than the limit; a few MiB here).
+    let commas = format!(
+        "phone,name\n+5511987654321,Ana\n+5511987654322,{}\n",
+        ",".repeat(4 * 1024 * 1024)
+    );
+    let e = refused("commas.csv", commas).await;
+    assert!(
+        e.to_string()
+            .contains("line 3: the row has more than 1000 columns"),
+        "{e}"
+    );
+    let long_row = format!(
+        "phone,note\n+5511987654321,\"{}\"\n",
+        "x\n".repeat(MAX_ROW_BYTES / 2 + 1)
+    );
+    let e = refused("long-row.csv", long_row).await;
+    assert!(
+        e.to_string()
+            .contains("line 2: the row is longer than 1048576 bytes"),
+        "{e}"
+    );
+    assert!(!db.store.list_exists("l").await.unwrap());
+    assert_eq!(db.store.contact_count().await.unwrap(), 0);
+
+    // Delimiters inside quotes are no columns; a quote mid-field is a character, and does not
+    // make the rest of the file one quoted record.
+    let mut csv = format!(
+        "phone,note\n+5511987654321,\"{}\"\n+5511987654322,5\" screen\n",
+        ",".repeat(2 * MAX_COLUMNS)
+    );
+    // Past the stray quote, more than a row's limit in a few rows.
+    let rows = MAX_ROW_BYTES / (60 * 1024) + 2;
+    for i in 0..rows {
+        csv.push_str(&format!(
+            "+55119{:08},{}\n",
+            70_000_000 + i,
+            "y".repeat(60 * 1024)
+        ));
+    }
+    let s = import::import(
+        &db.store,
+        &db.clock,
+        &FileSource(db.write("quoted.csv", csv)),
+        &options("l"),
+    )
+    .await
+    .unwrap();
+    assert_eq!((s.invalid, s.imported), (0, 2 + rows as u64));
+}
+
 both_backends!(reimport_updates_instead_of_duplicating);
 async fn reimport_updates_instead_of_duplicating(db: TestDb) {
     let first = db.write(

@@ -105,10 +105,13 @@ impl Store {
                     .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers (status, API) run beside the dispatcher's writes;
-                            // NORMAL sync is durable at every checkpoint and safe in WAL mode.
+                            // WAL lets readers (status, API) run beside the dispatcher's writes.
+                            // FULL syncs the WAL at every commit: an attempt is on disk before
+                            // its send leaves, even across an OS crash or power cut (NORMAL
+                            // survives only a process crash). Commits are batched by the
+                            // dispatcher and the group commit, so the sync is paid per batch.
                             conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             conn.execute(&*format!(
                                 "PRAGMA busy_timeout = {}",

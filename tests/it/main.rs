@@ -6,6 +6,7 @@ mod bad_input;
 mod campaigns;
 mod crash;
 mod dbfaults;
+mod dbfile;
 mod faults;
 mod gupshup;
 mod helpers;

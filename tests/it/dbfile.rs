@@ -1,0 +1,174 @@
+//! The SQLite file under the daemon with the real binary: every commit synced to disk before
+//! its send leaves (an injected fsync failure stops sending).
+
+use crate::procs::{Proc, Rig, RigOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn options(contacts: usize, throughput_mps: u32) -> RigOptions {
+    RigOptions {
+        contacts,
+        throughput_mps,
+        reconcile_after: "90s",
+        ..RigOptions::default()
+    }
+}
+
+/// Waits until the ledger holds more than `n` sends; returns how long that took.
+async fn wait_ledger_above(rig: &Rig, daemon: &Proc, n: usize) -> Duration {
+    let started = Instant::now();
+    while rig.ledger().await.len() <= n {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no send past {n}:\n{}",
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Asserts the simulator accepts nothing more for a while: the daemon has stopped sending.
+async fn assert_no_more_sends(rig: &Rig, daemon: &Proc, why: &str) -> usize {
+    // Requests already on the wire finish; nothing new may start.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped_at = rig.ledger().await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let later = rig.ledger().await.len();
+    assert_eq!(
+        later,
+        stopped_at,
+        "sends went on after {why}:\n{}",
+        daemon.log_tail()
+    );
+    assert!(
+        stopped_at < rig.phones.len(),
+        "the campaign finished first; the test proves nothing"
+    );
+    stopped_at
+}
+
+/// Every connection the pool opens syncs each commit of the WAL to disk (FULL), not only at
+/// checkpoints (NORMAL, which an OS crash or power cut undoes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pooled_sqlite_connection_syncs_each_commit() {
+    use sqlx::Connection;
+    let db = crate::helpers::fresh_db().await;
+    for _ in 0..3 {
+        let mut conn = db.store.pool().acquire().await.unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "PRAGMA synchronous is FULL (2)");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(journal, "wal");
+        // Out of the pool: the next acquire opens a new connection.
+        conn.detach().close().await.unwrap();
+    }
+}
+
+/// A shared object for `LD_PRELOAD` whose `fsync` and `fdatasync` fail with EIO while the
+/// file named by `TIERCAST_TEST_FSYNC_FAILS` exists.
+fn fsync_failure_shim(dir: &Path) -> PathBuf {
+    let source = dir.join("fsync_shim.c");
+    let shim = dir.join("fsync_shim.so");
+    std::fs::write(
+        &source,
+        r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int failing(void) {
+    const char *flag = getenv("TIERCAST_TEST_FSYNC_FAILS");
+    return flag != NULL && access(flag, F_OK) == 0;
+}
+
+int fsync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    if (failing()) { errno = EIO; return -1; }
+    int (*real)(int) = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    return real(fd);
+}
+"#,
+    )
+    .unwrap();
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("a C compiler (cc) builds the fsync shim");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    shim
+}
+
+/// The disk stops confirming writes (every fsync fails, as on a failing or yanked device):
+/// no attempt can be made durable, so nothing more is sent. With `synchronous = NORMAL` the
+/// commits did not wait for the disk and sending went on into the page cache, to be lost by
+/// an OS crash. Once fsync works again the campaign completes, each contact sent once.
+///
+/// A claim whose commit failed on fsync may still be in the WAL and come back when a new
+/// connection reads it: its rows were never sent and wait `reconcile_after`, hence a short one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_send_leaves_while_its_attempt_cannot_be_synced_to_disk() {
+    let mut rig = Rig::new(RigOptions {
+        reconcile_after: "20s",
+        ..options(300, 50)
+    })
+    .await;
+    let shim = fsync_failure_shim(rig.dir.path());
+    let flag = rig.dir.path().join("fsync-fails");
+    let flag_env = flag.clone();
+    let mut daemon = rig.start_daemon_with(move |cmd| {
+        cmd.env("LD_PRELOAD", &shim)
+            .env("TIERCAST_TEST_FSYNC_FAILS", &flag_env);
+    });
+    wait_ledger_above(&rig, &daemon, 30).await;
+
+    std::fs::write(&flag, b"").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !rig.daemon_log().contains("disk I/O error") {
+        assert!(daemon.is_running(), "{}", daemon.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "no commit failed on fsync:\n{}",
+            daemon.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_at = assert_no_more_sends(&rig, &daemon, "fsync started failing").await;
+    eprintln!(
+        "fsync failing from {stopped_at} sends of {}",
+        rig.phones.len()
+    );
+
+    std::fs::remove_file(&flag).unwrap();
+    rig.wait_all_pending(&daemon, Duration::from_secs(120))
+        .await;
+    assert!(daemon.is_running(), "{}", daemon.log_tail());
+    rig.http
+        .post(rig.sim_url("/sim/flush"))
+        .send()
+        .await
+        .unwrap();
+    rig.assert_exactly_once().await;
+    rig.assert_hopper_settled();
+}

@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Adjusts the in-process simulator's settings (fates, webhook behaviour) before it starts.
     pub simulator: Option<SimAdjust>,
+    /// Create a missing SQLite file (`serve --create-db`, `demo`, `bench`). Otherwise a
+    /// missing file is an error: where a database was expected, an empty one would start
+    /// every campaign from nothing and message everyone again.
+    pub create_database: bool,
 }
 
 impl ServeOptions {
@@ -42,6 +46,7 @@ impl ServeOptions {
             clock,
             listen: None,
             simulator: None,
+            create_database: false,
         }
     }
 }
@@ -93,14 +98,23 @@ fn needs_simulator(config: &Config) -> bool {
 /// Starts everything; returns once the HTTP port is bound and the dispatchers run.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daemon> {
     let config = Arc::new(config);
-    let store = Store::open(&config.server.database_url)
+    let url = &config.server.database_url;
+    if let Some(path) = crate::store::sqlite_file(url) {
+        if !path.exists() {
+            if !options.create_database {
+                return Err(crate::store::StoreError::Missing(path).into());
+            }
+            Store::open(url)
+                .await
+                .with_context(|| format!("creating database {}", path.display()))?
+                .close()
+                .await;
+            tracing::info!(path = %path.display(), "created a new database");
+        }
+    }
+    let store = Store::open_existing(url)
         .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                crate::cli::redact_url(&config.server.database_url)
-            )
-        })?;
+        .with_context(|| format!("opening database {}", crate::cli::redact_url(url)))?;
     for p in &config.portfolios {
         store
             .ensure_portfolio_tier(&p.name, p.tier, options.clock.now_millis())
@@ -227,6 +241,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
                 .run_line(line.clone(), shutdown_rx.clone()),
         );
     }
+    tasks.spawn(watch_database_file(store.clone(), shutdown_rx.clone()));
     tasks.spawn(housekeeping(
         dispatcher.holder().to_string(),
         store.clone(),
@@ -357,6 +372,22 @@ async fn membership(
         }
     }
     let _ = store.release_lease(&name, &holder).await;
+}
+
+/// Looks once a second whether the SQLite file is still the one opened. The first check that
+/// finds it deleted or replaced stops the dispatchers' claims and sends and fails `/readyz`
+/// (both read the result); this says why, once.
+async fn watch_database_file(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = store.check_database_file() {
+            tracing::error!(error = %e, "database file lost: sending stopped, /readyz fails");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Periodic duties: response timeouts, gauges from the database, cron-scheduled retry runs.

@@ -1,6 +1,8 @@
 //! The SQLite file under the daemon with the real binary: every commit synced to disk before
-//! its send leaves (an injected fsync failure stops sending).
+//! its send leaves (an injected fsync failure stops sending), and a deleted database stops the
+//! daemon rather than being recreated empty.
 
+use crate::helpers::binary;
 use crate::procs::{Proc, Rig, RigOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +49,21 @@ async fn assert_no_more_sends(rig: &Rig, daemon: &Proc, why: &str) -> usize {
         "the campaign finished first; the test proves nothing"
     );
     stopped_at
+}
+
+/// The `serve` command line of the rig, plus `extra`.
+fn serve_args(rig: &Rig, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "serve".to_string(),
+        "--config".into(),
+        rig.config.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn db_path(rig: &Rig) -> PathBuf {
+    rig.dir.path().join("crash.db")
 }
 
 /// Every connection the pool opens syncs each commit of the WAL to disk (FULL), not only at
@@ -171,4 +188,87 @@ async fn no_send_leaves_while_its_attempt_cannot_be_synced_to_disk() {
         .unwrap();
     rig.assert_exactly_once().await;
     rig.assert_hopper_settled();
+}
+
+/// The database file is deleted under a running daemon: `/readyz` fails, nothing more is sent,
+/// webhooks are refused (503, so they are retried) rather than written into the deleted file.
+/// Restarted, `serve` refuses to create an empty database in its place (exit 2) and so do the
+/// other commands; `serve --create-db` is how an operator asks for a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_database_stops_sending_and_is_not_recreated_by_a_restart() {
+    let mut rig = Rig::new(options(300, 50)).await;
+    let mut daemon = rig.start_daemon();
+    rig.wait_http(&rig.daemon_url("/readyz"), &daemon).await;
+    wait_ledger_above(&rig, &daemon, 30).await;
+
+    let db = db_path(&rig);
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", db.display())).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let r = rig
+            .http
+            .get(rig.daemon_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break r.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "/readyz still {}", r.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        body.contains("database_file_lost")
+            && body.contains("crash.db")
+            && body.contains("deleted"),
+        "{body}"
+    );
+    assert_no_more_sends(&rig, &daemon, "the database file was deleted").await;
+    let webhook = crate::helpers::post_signed_webhook(&rig.daemon_url(""), "{}".into()).await;
+    assert_eq!(
+        webhook, 503,
+        "a webhook must be retried, not applied to a deleted file"
+    );
+    assert!(
+        rig.daemon_log().contains("database file lost"),
+        "{}",
+        daemon.log_tail()
+    );
+    daemon.kill9();
+
+    let mut restarted = Proc::spawn(
+        "daemon after the deletion",
+        &serve_args(&rig, &[]),
+        &rig.dir.path().join("restart.log"),
+    );
+    let status = restarted
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("serve on a missing database exits");
+    let log = std::fs::read_to_string(&restarted.log).unwrap();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!("database file {} does not exist", db.display()))
+            && log.contains("tiercast migrate")
+            && log.contains("--create-db"),
+        "{log}"
+    );
+    let status = Command::new(binary())
+        .args(["campaign", "status", "c", "--config"])
+        .arg(&rig.config)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(2));
+    assert!(
+        !db.exists(),
+        "nothing may create an empty database silently"
+    );
+
+    let created = rig.start_daemon_with(|cmd| {
+        cmd.arg("--create-db");
+    });
+    rig.wait_http(&rig.daemon_url("/readyz"), &created).await;
+    assert!(db.exists());
 }

@@ -15,7 +15,7 @@ use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::Provider;
 use crate::sim::{SimConfig, SimLine, Simulator};
-use crate::store::{CampaignRow, Store};
+use crate::store::{CampaignRow, DaemonLock, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -66,6 +66,8 @@ pub struct Daemon {
     /// The in-process simulator's server: stopped after the dispatchers, whose sends in
     /// flight it answers.
     simulator_task: Option<tokio::task::JoinHandle<()>>,
+    /// On SQLite: proof that no other daemon runs on the file, held until the daemon ends.
+    _lock: Option<DaemonLock>,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process).
@@ -99,22 +101,38 @@ fn needs_simulator(config: &Config) -> bool {
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daemon> {
     let config = Arc::new(config);
     let url = &config.server.database_url;
-    if let Some(path) = crate::store::sqlite_file(url) {
-        if !path.exists() {
-            if !options.create_database {
-                return Err(crate::store::StoreError::Missing(path).into());
+    let database_file = crate::store::sqlite_file(url);
+    let lock = match &database_file {
+        Some(path) => {
+            if !path.exists() {
+                if !options.create_database {
+                    return Err(crate::store::StoreError::Missing(path.clone()).into());
+                }
+                Store::open(url)
+                    .await
+                    .with_context(|| format!("creating database {}", path.display()))?
+                    .close()
+                    .await;
+                tracing::info!(path = %path.display(), "created a new database");
             }
-            Store::open(url)
-                .await
-                .with_context(|| format!("creating database {}", path.display()))?
-                .close()
-                .await;
-            tracing::info!(path = %path.display(), "created a new database");
+            Some(DaemonLock::acquire(path)?)
         }
-    }
+        None => None,
+    };
     let store = Store::open_existing(url)
         .await
         .with_context(|| format!("opening database {}", crate::cli::redact_url(url)))?;
+    if let Some(lock) = &lock {
+        // Holding the lock proves every lease in the file was left by a daemon that exited.
+        let released = store.release_leases_of_exited_daemons().await?;
+        if released > 0 {
+            tracing::info!(
+                leases = released,
+                lock = %lock.path().display(),
+                "sole daemon on this database: took over the leases of exited daemons at once"
+            );
+        }
+    }
     for p in &config.portfolios {
         store
             .ensure_portfolio_tier(&p.name, p.tier, options.clock.now_millis())
@@ -264,6 +282,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         shutdown,
         tasks,
         simulator_task,
+        _lock: lock,
     })
 }
 

@@ -27,7 +27,7 @@ pub use dispatch::{
 pub use inbox::{
     InteractionFilter, InteractionRow, MessageRow, OutboundMessage, ReplyTarget, WINDOW_MILLIS,
 };
-pub use sqlite_file::{sqlite_file, DatabaseFile, FileLoss};
+pub use sqlite_file::{sqlite_file, DaemonLock, DatabaseFile, FileLoss, LockError};
 pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
 

@@ -1,11 +1,14 @@
-//! The SQLite file under a daemon: which file a URL names, and whether it is still the file
-//! the daemon opened.
+//! The SQLite file under a daemon: which file a URL names, whether it is still the file the
+//! daemon opened, and the lock that makes a daemon the only one on it.
 //!
 //! An open SQLite connection keeps writing into a file that was deleted or renamed over: its
 //! writes then reach no file anyone will open again. So the daemon remembers the device and
 //! inode it opened and compares them with what the path names now.
 
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -96,6 +99,81 @@ impl DatabaseFile {
     }
 }
 
+/// An exclusive `flock` on `FILE.lock` beside the database, held while the daemon runs. Its
+/// holder is the only daemon on that file, so any lease in it was left by a daemon that has
+/// exited. The kernel releases the lock when the process ends, however it ends.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _file: File,
+    path: PathBuf,
+}
+
+/// A second daemon on one SQLite file.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another tiercast daemon{holder} runs on {database}: it holds {lock}; stop it first \
+         (several daemons need PostgreSQL)"
+    )]
+    Held {
+        database: String,
+        lock: String,
+        holder: String,
+    },
+    #[error("cannot lock {lock}: {source}")]
+    Io {
+        lock: String,
+        source: std::io::Error,
+    },
+}
+
+impl DaemonLock {
+    /// Takes the lock for the database file `database`, without waiting.
+    pub fn acquire(database: &Path) -> Result<DaemonLock, LockError> {
+        let path = PathBuf::from(format!("{}.lock", database.display()));
+        let io = |source| LockError::Io {
+            lock: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock(2) on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io(e));
+            }
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(LockError::Held {
+                database: database.display().to_string(),
+                lock: path.display().to_string(),
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            });
+        }
+        // The holder's pid, for the message a second daemon prints.
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(DaemonLock { _file: file, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +214,21 @@ mod tests {
         std::fs::write(&db, b"z").unwrap();
         assert_eq!(deleted.check(), Err(FileLoss::Deleted));
         assert_eq!(deleted.loss(), Some(FileLoss::Deleted));
+    }
+
+    #[test]
+    fn one_lock_holder_per_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        let first = DaemonLock::acquire(&db).unwrap();
+        let err = DaemonLock::acquire(&db).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("(pid {})", std::process::id()))
+                && err.contains("t.db.lock")
+                && err.contains("another tiercast daemon"),
+            "{err}"
+        );
+        drop(first);
+        DaemonLock::acquire(&db).expect("free again once the holder let go");
     }
 }

@@ -1,12 +1,16 @@
-//! The SQLite file under the daemon with the real binary: every commit synced to disk before
-//! its send leaves (an injected fsync failure stops sending), and a deleted database stops the
-//! daemon rather than being recreated empty.
+//! The SQLite file under the daemon (issue 27 §2, §6, §9), with the real binary: every commit
+//! synced to disk before its send leaves (an injected fsync failure stops sending), a deleted
+//! database stops the daemon rather than being recreated empty, and one daemon per file, which
+//! therefore takes over the leases its killed predecessor left at once.
 
 use crate::helpers::binary;
 use crate::procs::{Proc, Rig, RigOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+/// The daemon's default `lease_ttl`, which the rig's config keeps.
+const LEASE_TTL: Duration = Duration::from_secs(15);
 
 fn options(contacts: usize, throughput_mps: u32) -> RigOptions {
     RigOptions {
@@ -271,4 +275,74 @@ async fn a_deleted_database_stops_sending_and_is_not_recreated_by_a_restart() {
     });
     rig.wait_http(&rig.daemon_url("/readyz"), &created).await;
     assert!(db.exists());
+}
+
+/// A second daemon on the same SQLite file is refused, naming the holder; the first runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_one_sqlite_file_is_refused() {
+    let mut rig = Rig::new(options(5, 50)).await;
+    let mut first = rig.start_daemon();
+    rig.wait_http(&rig.daemon_url("/readyz"), &first).await;
+
+    let mut second = Proc::spawn(
+        "second daemon",
+        &serve_args(&rig, &["--listen", "127.0.0.1:0"]),
+        &rig.dir.path().join("second.log"),
+    );
+    let status = second
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the second daemon exits");
+    let log = std::fs::read_to_string(&second.log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "another tiercast daemon (pid {}) runs on {}",
+            first.pid(),
+            db_path(&rig).display()
+        )) && log.contains("crash.db.lock"),
+        "{log}"
+    );
+    assert!(first.is_running(), "{}", first.log_tail());
+    rig.wait_http(&rig.daemon_url("/readyz"), &first).await;
+}
+
+/// A crash loop on SQLite: each daemon is killed (SIGKILL) as soon as it sends and restarted
+/// at once. Holding the file's lock proves the predecessor is gone, so every restart sends
+/// within well under `lease_ttl` instead of waiting out the dead daemon's lease; the campaign
+/// still completes with one template per contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_loop_on_sqlite_sends_without_waiting_out_dead_leases() {
+    let mut rig = Rig::new(RigOptions {
+        reconcile_after: "15s",
+        ..options(1000, 100)
+    })
+    .await;
+    for restart in 0..4 {
+        let sent = rig.ledger().await.len();
+        let mut daemon = rig.start_daemon();
+        let took = wait_ledger_above(&rig, &daemon, sent).await;
+        assert!(
+            took < LEASE_TTL / 2,
+            "restart {restart} took {took:?} to send (lease_ttl {LEASE_TTL:?}):\n{}",
+            daemon.log_tail()
+        );
+        daemon.kill9();
+    }
+    assert!(
+        rig.daemon_log()
+            .contains("took over the leases of exited daemons at once"),
+        "{}",
+        rig.daemon_log()
+    );
+    let daemon = rig.start_daemon();
+    rig.wait_all_pending(&daemon, Duration::from_secs(120))
+        .await;
+    rig.http
+        .post(rig.sim_url("/sim/flush"))
+        .send()
+        .await
+        .unwrap();
+    rig.assert_exactly_once().await;
+    rig.assert_hopper_settled();
 }

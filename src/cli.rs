@@ -81,6 +81,10 @@ pub enum Command {
         /// Overrides server.listen
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Create the SQLite file if it does not exist (without it, a missing file is an
+        /// error: an empty database would start every campaign from nothing)
+        #[arg(long)]
+        create_db: bool,
     },
     /// Run the built-in Cloud API simulator on its own
     Simulate {
@@ -253,7 +257,11 @@ impl From<ConfigError> for CliError {
 
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
-        CliError::Failure(e.into())
+        if e.is_bad_input() {
+            CliError::Input(e.to_string())
+        } else {
+            CliError::Failure(e.into())
+        }
     }
 }
 
@@ -393,17 +401,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             store.close().await;
         }
         Command::Campaign { action } => {
-            let store = Store::open(&config.server.database_url).await?;
+            let store = Store::open_existing(&config.server.database_url).await?;
             campaign_action(&store, &clock, &config, action).await?;
             store.close().await;
         }
         Command::Demo { .. } => unreachable!("the demo reads no config and ran above"),
-        Command::Serve { listen } => {
+        Command::Serve { listen, create_db } => {
             let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
             let daemon = serve::start(
                 config,
                 ServeOptions {
                     listen,
+                    create_database: create_db,
                     ..ServeOptions::new(clock)
                 },
             )
@@ -495,7 +504,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             campaign: name,
             format,
         } => {
-            let store = Store::open(&config.server.database_url).await?;
+            let store = Store::open_existing(&config.server.database_url).await?;
             let c = campaign::find(&config, &name)?;
             let row = store.ensure_campaign(&c.name, clock.now_millis()).await?;
             let stdout = std::io::stdout();
@@ -661,6 +670,11 @@ pub fn redact_url(url: &str) -> String {
 
 /// Config problems found while starting (a missing secret) are bad input; the rest are ours.
 fn classify_start_error(e: anyhow::Error) -> CliError {
+    if e.downcast_ref::<StoreError>()
+        .is_some_and(StoreError::is_bad_input)
+    {
+        return CliError::Input(format!("{e:#}"));
+    }
     match e.downcast::<ConfigError>() {
         Ok(config) => CliError::Input(config.to_string()),
         Err(other) => CliError::Failure(other),
@@ -763,7 +777,7 @@ async fn templates(config: Config, action: TemplatesAction) -> Result<(), CliErr
         }
         TemplatesAction::Create { file, line } => create_template(config, &file, line).await?,
         TemplatesAction::List => {
-            let store = Store::open(&config.server.database_url).await?;
+            let store = Store::open_existing(&config.server.database_url).await?;
             println!(
                 "{:<12} {:<24} {:<8} {:<15} {:<10} {:<8} {:<16} PLACEHOLDERS",
                 "LINE", "NAME", "LANG", "CATEGORY", "STATUS", "QUALITY", "CHANGES"
@@ -851,7 +865,7 @@ async fn create_template(
     }
     let def: crate::domain::template::TemplateDef = serde_json::from_value(stored)
         .map_err(|e| CliError::Failure(anyhow::anyhow!("reading back the template: {e}")))?;
-    let store = Store::open(&config.server.database_url).await?;
+    let store = Store::open_existing(&config.server.database_url).await?;
     store
         .insert_created_template(&line, &def, SystemClock.now_millis())
         .await?;
@@ -900,7 +914,7 @@ pub fn template_changes(t: &crate::domain::template::TemplateDef) -> String {
 /// daemon (found at server.listen) picks them up; otherwise this process sends them itself.
 async fn retry(config: Config, only: Option<String>) -> Result<(), CliError> {
     let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
-    let store = Store::open(&config.server.database_url).await?;
+    let store = Store::open_existing(&config.server.database_url).await?;
     if let Some(name) = &only {
         campaign::find(&config, name)?;
     }
@@ -965,7 +979,7 @@ async fn retry(config: Config, only: Option<String>) -> Result<(), CliError> {
 async fn tier(config: &Config, action: TierAction) -> Result<(), CliError> {
     use crate::domain::{ramp, Tier};
     let clock = SystemClock;
-    let store = Store::open(&config.server.database_url).await?;
+    let store = Store::open_existing(&config.server.database_url).await?;
     for p in &config.portfolios {
         store
             .ensure_portfolio_tier(&p.name, p.tier, clock.now_millis())

@@ -38,6 +38,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         config.clone(),
         ServeOptions {
             listen: Some("127.0.0.1:0".parse()?),
+            create_database: true,
             ..ServeOptions::new(clock.clone())
         },
     )

@@ -396,6 +396,10 @@ impl Dispatcher {
         limit: usize,
     ) -> Result<Vec<(Arc<ActiveCampaign>, Claimed)>, StoreError> {
         let mut out = Vec::new();
+        // Its attempts would be recorded in a file nobody will open again.
+        if self.store.database_file_lost() {
+            return Ok(out);
+        }
         let total_weight: u64 = campaigns
             .iter()
             .map(|c| u64::from(c.config.weight))
@@ -869,8 +873,9 @@ impl Dispatcher {
                         self.refresh_campaigns(&line, &mut campaigns).await;
                         refreshed_at = Some(Instant::now());
                     }
-                    if campaign.paused.load(Ordering::SeqCst) {
-                        // Paused, stopped or out of hours since the claim: not sent now.
+                    if campaign.paused.load(Ordering::SeqCst) || self.store.database_file_lost() {
+                        // Paused, stopped or out of hours since the claim, or the database
+                        // file is gone: not sent now.
                         paused_rows.push(row.attempt_id);
                         continue 'rows;
                     }

@@ -38,6 +38,7 @@ pub struct HttpState {
 }
 
 pub fn router(state: HttpState) -> Router {
+    let store = state.store.clone();
     let api = api::router(ApiState::new(
         state.store.clone(),
         state.clock.clone(),
@@ -58,6 +59,35 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .with_state(state)
         .merge(api)
+        .layer(axum::middleware::from_fn_with_state(
+            store,
+            refuse_while_database_lost,
+        ))
+}
+
+/// Once the database file was deleted or replaced, what a request would write (a status, a
+/// reply, an opt-out, a campaign command) would be lost with it: such requests get 503, so
+/// webhook senders retry later. Health, readiness and metrics still answer.
+async fn refuse_while_database_lost(
+    State(store): State<Store>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if store.database_file_lost()
+        && !matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics")
+    {
+        let reason = store
+            .check_database_file()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_file_lost",
+            reason,
+        );
+    }
+    next.run(request).await
 }
 
 /// How long a client may stay silent: while sending a request's head, between two requests
@@ -571,6 +601,13 @@ async fn metrics(State(state): State<HttpState>) -> Response {
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {
+    if let Err(e) = state.store.check_database_file() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_file_lost",
+            e.to_string(),
+        );
+    }
     if state.store.is_ready().await {
         (StatusCode::OK, "ready").into_response()
     } else {

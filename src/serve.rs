@@ -15,7 +15,7 @@ use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::Provider;
 use crate::sim::{SimConfig, SimLine, Simulator};
-use crate::store::{CampaignRow, Store};
+use crate::store::{CampaignRow, DaemonLock, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::collections::HashMap;
@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub listen: Option<SocketAddr>,
     /// Adjusts the in-process simulator's settings (fates, webhook behaviour) before it starts.
     pub simulator: Option<SimAdjust>,
+    /// Create a missing SQLite file (`serve --create-db`, `demo`, `bench`). Otherwise a
+    /// missing file is an error: where a database was expected, an empty one would start
+    /// every campaign from nothing and message everyone again.
+    pub create_database: bool,
 }
 
 impl ServeOptions {
@@ -42,6 +46,7 @@ impl ServeOptions {
             clock,
             listen: None,
             simulator: None,
+            create_database: false,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct Daemon {
     /// The in-process simulator's server: stopped after the dispatchers, whose sends in
     /// flight it answers.
     simulator_task: Option<tokio::task::JoinHandle<()>>,
+    /// On SQLite: proof that no other daemon runs on the file, held until the daemon ends.
+    _lock: Option<DaemonLock>,
 }
 
 /// The process-wide Prometheus recorder (a recorder can be installed once per process).
@@ -94,14 +101,39 @@ fn needs_simulator(config: &Config) -> bool {
 /// Starts everything; returns once the HTTP port is bound and the dispatchers run.
 pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daemon> {
     let config = Arc::new(config);
-    let store = Store::open(&config.server.database_url)
+    let url = &config.server.database_url;
+    let database_file = crate::store::sqlite_file(url);
+    let lock = match &database_file {
+        Some(path) => {
+            if !path.exists() {
+                if !options.create_database {
+                    return Err(crate::store::StoreError::Missing(path.clone()).into());
+                }
+                Store::open(url)
+                    .await
+                    .with_context(|| format!("creating database {}", path.display()))?
+                    .close()
+                    .await;
+                tracing::info!(path = %path.display(), "created a new database");
+            }
+            Some(DaemonLock::acquire(path)?)
+        }
+        None => None,
+    };
+    let store = Store::open_existing(url)
         .await
-        .with_context(|| {
-            format!(
-                "opening database {}",
-                crate::cli::redact_url(&config.server.database_url)
-            )
-        })?;
+        .with_context(|| format!("opening database {}", crate::cli::redact_url(url)))?;
+    if let Some(lock) = &lock {
+        // Holding the lock proves every lease in the file was left by a daemon that exited.
+        let released = store.release_leases_of_exited_daemons().await?;
+        if released > 0 {
+            tracing::info!(
+                leases = released,
+                lock = %lock.path().display(),
+                "sole daemon on this database: took over the leases of exited daemons at once"
+            );
+        }
+    }
     for p in &config.portfolios {
         store
             .ensure_portfolio_tier(&p.name, p.tier, options.clock.now_millis())
@@ -238,6 +270,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
                 .run_line(line.clone(), shutdown_rx.clone()),
         );
     }
+    tasks.spawn(watch_database_file(store.clone(), shutdown_rx.clone()));
     tasks.spawn(housekeeping(
         dispatcher.holder().to_string(),
         store.clone(),
@@ -260,6 +293,7 @@ pub async fn start(config: Config, options: ServeOptions) -> anyhow::Result<Daem
         shutdown,
         tasks,
         simulator_task,
+        _lock: lock,
     })
 }
 
@@ -368,6 +402,22 @@ async fn membership(
         }
     }
     let _ = store.release_lease(&name, &holder).await;
+}
+
+/// Looks once a second whether the SQLite file is still the one opened. The first check that
+/// finds it deleted or replaced stops the dispatchers' claims and sends and fails `/readyz`
+/// (both read the result); this says why, once.
+async fn watch_database_file(store: Store, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        if let Err(e) = store.check_database_file() {
+            tracing::error!(error = %e, "database file lost: sending stopped, /readyz fails");
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Periodic duties: response timeouts, gauges from the database, cron-scheduled retry runs.

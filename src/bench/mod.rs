@@ -166,7 +166,14 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
     let sim = simulator(options.status_webhooks)?;
     wait_for_port(sim_port).await?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let daemon = serve::start(config.clone(), ServeOptions::new(clock.clone())).await?;
+    let daemon = serve::start(
+        config.clone(),
+        ServeOptions {
+            create_database: true,
+            ..ServeOptions::new(clock.clone())
+        },
+    )
+    .await?;
     let per_line = options.contacts.div_ceil(options.lines);
     for (i, c) in config.campaigns.iter().enumerate() {
         let contacts = (i * per_line)..((i + 1) * per_line).min(options.contacts);

@@ -65,4 +65,16 @@ impl Store {
         .fetch_all(&self.pool)
         .await?)
     }
+
+    /// Deletes every lease: for a daemon that holds the SQLite file's [`DaemonLock`], which
+    /// proves every other holder has exited, so a crash loop need not wait out each dead
+    /// predecessor's `lease_ttl`. Returns how many there were.
+    ///
+    /// [`DaemonLock`]: super::DaemonLock
+    pub async fn release_leases_of_exited_daemons(&self) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM leases")
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }

@@ -14,6 +14,7 @@ mod contacts;
 mod dispatch;
 mod inbox;
 mod leases;
+mod sqlite_file;
 mod templates;
 mod tiers;
 
@@ -29,6 +30,7 @@ pub use inbox::{
     InteractionFilter, InteractionRow, InteractionState, MessageRow, OutboundMessage, ReplyTarget,
     WINDOW_MILLIS,
 };
+pub use sqlite_file::{sqlite_file, DaemonLock, DatabaseFile, FileLoss, LockError};
 pub use templates::CategoryChange;
 pub use tiers::{TierBudget, TierUsage, DAY_MILLIS};
 
@@ -36,7 +38,9 @@ use sqlx::any::{AnyArguments, AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::query::Query;
 use sqlx::{Any, AnyPool, Executor};
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -54,6 +58,20 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a batched write failed: {0}")]
     Batch(String),
+    #[error(
+        "database file {0} does not exist; create it with `tiercast migrate` (or `import`), \
+         or start `tiercast serve --create-db` once, or fix database_url"
+    )]
+    Missing(PathBuf),
+    #[error("database file {path} was {loss} while open; restore it and restart tiercast")]
+    FileLost { path: PathBuf, loss: FileLoss },
+}
+
+impl StoreError {
+    /// Whether the operator named something wrong (exit 2) rather than the database failing.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, StoreError::Missing(_) | StoreError::UnsupportedUrl(_))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -68,27 +86,46 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The SQLite file opened, to notice it being deleted or replaced under the daemon.
+    file: Option<Arc<DatabaseFile>>,
 }
 
 impl Store {
-    /// Opens (creating an SQLite file if needed) and migrates the database.
+    /// Opens (creating an SQLite file if needed) and migrates the database: for the commands
+    /// that create one (`migrate`, `import`, `demo`).
     pub async fn open(url: &str) -> StoreResult<Store> {
-        let store = Store::connect(url).await?;
+        let store = Store::connect(url, true).await?;
         store.migrate().await?;
         Ok(store)
     }
 
-    /// Opens without migrating (for `readyz`-style checks and the `migrate` command).
-    pub async fn connect(url: &str) -> StoreResult<Store> {
+    /// Opens and migrates a database that must exist already: a missing SQLite file is
+    /// [`StoreError::Missing`], and no connection opened later (the pool replaces failed
+    /// ones) creates it either. An empty file where a database was expected would start every
+    /// campaign from nothing.
+    pub async fn open_existing(url: &str) -> StoreResult<Store> {
+        if let Some(path) = sqlite_file(url) {
+            if !path.exists() {
+                return Err(StoreError::Missing(path));
+            }
+        }
+        let store = Store::connect(url, false).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without migrating; `create` lets SQLite create a missing file.
+    async fn connect(url: &str, create: bool) -> StoreResult<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if url.starts_with("sqlite:") {
-            // Create the file on first use unless the URL chose a mode itself.
+            let mode = if create { "rwc" } else { "rw" };
+            // The URL may choose a mode itself.
             let url = if url.contains("mode=") {
                 url.to_string()
             } else if url.contains('?') {
-                format!("{url}&mode=rwc")
+                format!("{url}&mode={mode}")
             } else {
-                format!("{url}?mode=rwc")
+                format!("{url}?mode={mode}")
             };
             create_private_sqlite_file(&url)?;
             (Backend::Sqlite, url)
@@ -109,10 +146,13 @@ impl Store {
                     .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers (status, API) run beside the dispatcher's writes;
-                            // NORMAL sync is durable at every checkpoint and safe in WAL mode.
+                            // WAL lets readers (status, API) run beside the dispatcher's writes.
+                            // FULL syncs the WAL at every commit: an attempt is on disk before
+                            // its send leaves, even across an OS crash or power cut (NORMAL
+                            // survives only a process crash). Commits are batched by the
+                            // dispatcher and the group commit, so the sync is paid per batch.
                             conn.execute("PRAGMA journal_mode = WAL").await?;
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
                             conn.execute(&*format!(
                                 "PRAGMA busy_timeout = {}",
@@ -154,7 +194,17 @@ impl Store {
                     .await?
             }
         };
-        Ok(Store { pool, backend })
+        let file = match sqlite_file(&url) {
+            Some(path) => Some(Arc::new(
+                DatabaseFile::opened(&path).map_err(|e| sqlx::Error::Io(e))?,
+            )),
+            None => None,
+        };
+        Ok(Store {
+            pool,
+            backend,
+            file,
+        })
     }
 
     pub async fn migrate(&self) -> StoreResult<()> {
@@ -165,8 +215,30 @@ impl Store {
         Ok(())
     }
 
-    /// True when the database answers and every migration is applied.
+    /// Whether the SQLite file opened is still the one at its path (one `stat`). Once it was
+    /// deleted or replaced, the daemon must not send: its records would go nowhere.
+    pub fn check_database_file(&self) -> StoreResult<()> {
+        match &self.file {
+            Some(file) => file.check().map_err(|loss| StoreError::FileLost {
+                path: file.path().to_path_buf(),
+                loss,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a [`check_database_file`](Self::check_database_file) found the file gone or
+    /// replaced (no system call: for the dispatcher's hot path).
+    pub fn database_file_lost(&self) -> bool {
+        self.file.as_ref().is_some_and(|f| f.loss().is_some())
+    }
+
+    /// True when the database file is the one opened, the database answers and every
+    /// migration is applied.
     pub async fn is_ready(&self) -> bool {
+        if self.check_database_file().is_err() {
+            return false;
+        }
         let expected = match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.iter().count() as i64,
             Backend::Postgres => POSTGRES_MIGRATIONS.iter().count() as i64,

@@ -84,10 +84,12 @@ async fn kill_9_mid_campaign_sends_every_contact_exactly_once() {
         kills_catching_unrecorded += usize::from(caught);
     }
     let last_kill = started.elapsed();
+    // A restart takes over at once (the SQLite file lock), so nearly every kill lands mid-send.
     assert!(
-        kills_catching_unrecorded >= 1,
-        "no kill of {} caught a send the provider accepted and the daemon had not recorded; \
-         the test proves nothing (ledger at each kill {killed_at_ledger:?})",
+        kills_catching_unrecorded >= 3,
+        "only {kills_catching_unrecorded} kill(s) of {} caught a send the provider accepted and \
+         the daemon had not recorded; the test proves too little (ledger at each kill \
+         {killed_at_ledger:?})",
         killed_at_ledger.len()
     );
     assert!(

@@ -9,6 +9,7 @@ mod config_keys;
 mod contract;
 mod crash;
 mod dbfaults;
+mod dbfile;
 mod faults;
 mod gupshup;
 mod helpers;

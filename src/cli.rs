@@ -361,7 +361,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Demo { dir } => crate::demo::run(&dir).await.map_err(CliError::Failure)?,
         Command::Serve { listen } => {
-            let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+            let clock: crate::clock::SharedClock =
+                std::sync::Arc::new(crate::clock::SteadyClock::system());
             let daemon = serve::start(
                 config,
                 ServeOptions {

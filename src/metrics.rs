@@ -20,6 +20,7 @@ pub const WEBHOOK_EVENTS: &str = "tiercast_webhook_events_total";
 pub const WEBHOOK_REJECTED: &str = "tiercast_webhook_rejected_total";
 pub const REPLIES: &str = "tiercast_replies_total";
 pub const INTERACTIONS_OPEN: &str = "tiercast_interactions_open";
+pub const CLOCK_STEPS: &str = "tiercast_clock_steps_total";
 
 /// The handle of a campaign's sent counter: the dispatcher keeps it with the campaign, as
 /// a registry lookup per message builds and hashes the labels each time. A handle taken
@@ -94,4 +95,9 @@ pub fn reply(campaign: &str, kind: &str) {
 
 pub fn interactions_open(line: &str, n: u64) {
     gauge!(INTERACTIONS_OPEN, "line" => line.to_string()).set(n as f64);
+}
+
+/// The wall clock stepped (`direction`: forward, back); see `clock::SteadyClock`.
+pub fn clock_step(direction: &str) {
+    counter!(CLOCK_STEPS, "direction" => direction.to_string()).increment(1);
 }

@@ -7,6 +7,7 @@ mod campaigns;
 mod crash;
 mod dbfaults;
 mod faults;
+mod freeze;
 mod gupshup;
 mod helpers;
 mod import;

@@ -10,7 +10,10 @@
 //!   settle (group commit)           requeue / retry / close / pause campaign / unknown
 //! ```
 //!
-//! No database transaction is open during the HTTP call. [`Dispatcher::dispatch_once`] is the
+//! No database transaction is open during the HTTP call. Once a send holds its HTTP permit,
+//! the last check before it leaves asks whether its attempt is still the row's and the line's
+//! lease still ours ([`Store::launch_verdicts`], batched in the outcomes group commit), then
+//! whether its campaign still runs. [`Dispatcher::dispatch_once`] is the
 //! step function tests drive; [`Dispatcher::run_line`] is the daemon's loop around the same
 //! pieces, with many sends in flight.
 
@@ -1011,12 +1014,17 @@ impl Dispatcher {
         };
         let ttl = self.config.server.lease_ttl;
         let mut renewed_at: Option<Instant> = None;
+        // A send withdrawn at its last check means another daemon took the line or gave up
+        // its attempt: ask for the lease at once rather than claiming rows meanwhile.
+        let mut recheck_lease = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             // One daemon drives a line at a time (SPEC §6); renew well before expiry.
-            if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3) {
+            if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3)
+                || std::mem::take(&mut recheck_lease)
+            {
                 let holding = renewed_at.is_some();
                 let within_share = self.within_share(&lease, holding).await;
                 if holding && !within_share {
@@ -1065,9 +1073,16 @@ impl Dispatcher {
                 }
             }
             while let Some(done) = sends.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                match done {
+                    Ok(Err(e)) => {
+                        tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled")
+                    }
+                    Ok(Ok(SendResult::Withdrawn)) => recheck_lease = true,
+                    _ => {}
                 }
+            }
+            if recheck_lease {
+                continue;
             }
             rt.pacer.recover(Instant::now());
             if refresh_due(&mut refresh_now, &mut changes, refreshed_at)
@@ -1110,8 +1125,12 @@ impl Dispatcher {
                     _ = shutdown.changed() => {}
                     Ok(()) = changes.changed() => refresh_now = true,
                     Some(done) = sends.join_next(), if !sends.is_empty() => {
-                        if let Ok(Err(e)) = done {
-                            tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                        match done {
+                            Ok(Err(e)) => {
+                                tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled")
+                            }
+                            Ok(Ok(SendResult::Withdrawn)) => recheck_lease = true,
+                            _ => {}
                         }
                     }
                 }

@@ -10,7 +10,9 @@
 //! ([`Store::hold_orphans`]), so the time it was down does not count against them: the
 //! provider's webhooks get a full `reconcile_after` of uptime to name those attempts. Every
 //! outcome write is guarded by `inflight_attempt_id`, so a late or duplicated answer can never
-//! move a row twice.
+//! move a row twice; the one exception, proof that an abandoned attempt was accepted, settles
+//! only a row that holds no attempt and was not sent since ([`Store::launch_verdicts`] keeps
+//! an abandoned attempt from leaving at all).
 
 use super::tiers::TierBudget;
 use super::{

@@ -81,7 +81,7 @@ async fn sending_daemon(
         .await
         .unwrap();
     wait_until("the first template is taken", || async {
-        ledger(&daemon).len() >= 1
+        !ledger(&daemon).is_empty()
     })
     .await;
     (daemon, config)

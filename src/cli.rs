@@ -407,7 +407,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Demo { .. } => unreachable!("the demo reads no config and ran above"),
         Command::Serve { listen, create_db } => {
-            let clock: crate::clock::SharedClock = std::sync::Arc::new(SystemClock);
+            let clock: crate::clock::SharedClock =
+                std::sync::Arc::new(crate::clock::SteadyClock::system());
             let daemon = serve::start(
                 config,
                 ServeOptions {

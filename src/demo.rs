@@ -4,7 +4,7 @@
 
 use crate::campaign;
 use crate::cli::{print_status, write_report, ReportFormat};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SteadyClock};
 use crate::config::{Config, EXAMPLE_CONFIG};
 use crate::domain::CampaignCommand;
 use crate::import::{self, BytesSource, ImportOptions};
@@ -28,7 +28,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     let mut config = Config::parse(EXAMPLE_CONFIG, "campaigns.example.toml (embedded)")?;
     config.server.database_url = format!("sqlite://{}", db.display());
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = Arc::new(SteadyClock::system());
     println!(
         "tiercast demo — database {}, built-in Cloud API simulator, example config",
         db.display()

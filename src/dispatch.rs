@@ -10,7 +10,10 @@
 //!   settle (group commit)           requeue / retry / close / pause campaign / unknown
 //! ```
 //!
-//! No database transaction is open during the HTTP call. [`Dispatcher::dispatch_once`] is the
+//! No database transaction is open during the HTTP call. Once a send holds its HTTP permit,
+//! the last check before it leaves asks whether its attempt is still the row's and the line's
+//! lease still ours ([`Store::launch_verdicts`], batched in the outcomes group commit), then
+//! whether its campaign still runs. [`Dispatcher::dispatch_once`] is the
 //! step function tests drive; [`Dispatcher::run_line`] is the daemon's loop around the same
 //! pieces, with many sends in flight.
 
@@ -26,12 +29,12 @@ use crate::metrics as m;
 use crate::outcomes::Outcomes;
 use crate::provider::{Provider, SendError, TemplateMessage};
 use crate::store::{
-    CampaignRow, ClaimGate, Claimed, FailureAction, LocalHours, Settle, Store, StoreError,
-    TierBudget, AWAITING_RETRY_RUN,
+    CampaignRow, ClaimGate, Claimed, FailureAction, Launch, LaunchCheck, LineLease, LocalHours,
+    Settle, Store, StoreError, TierBudget, AWAITING_RETRY_RUN,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -65,11 +68,19 @@ const CAMPAIGN_REFRESH: Duration = Duration::from_millis(500);
 /// lines re-read their campaigns at once: a start is picked up without waiting for the next
 /// refresh, and a pause or stop holds back the rest of the rows already claimed.
 #[derive(Clone)]
-pub struct CampaignChanges(Arc<watch::Sender<u64>>);
+pub struct CampaignChanges {
+    generation: Arc<watch::Sender<u64>>,
+    /// Every [`ActiveCampaign`] still alive in this process, however old: rows waiting to be
+    /// sent hold the one they were claimed under. A pause or a stop halts them all at once.
+    active: Arc<Mutex<Vec<Weak<ActiveCampaign>>>>,
+}
 
 impl CampaignChanges {
     fn new() -> Self {
-        CampaignChanges(Arc::new(watch::Sender::new(0)))
+        CampaignChanges {
+            generation: Arc::new(watch::Sender::new(0)),
+            active: Default::default(),
+        }
     }
 
     /// Applies a campaign command in the database, then announces it: the one way this
@@ -82,19 +93,115 @@ impl CampaignChanges {
         name: &str,
         cmd: CampaignCommand,
     ) -> Result<CampaignRow, CampaignError> {
+        Ok(self
+            .command_counting(store, clock, config, name, cmd)
+            .await?
+            .0)
+    }
+
+    /// [`CampaignChanges::command`], also answering how many of the campaign's sends were in
+    /// the HTTP client when a pause or stop took effect. From that moment no other send of
+    /// the campaign leaves this process: the rest of its claimed rows are given back.
+    pub async fn command_counting(
+        &self,
+        store: &Store,
+        clock: &dyn Clock,
+        config: &Config,
+        name: &str,
+        cmd: CampaignCommand,
+    ) -> Result<(CampaignRow, u64), CampaignError> {
         let row = campaign::command(store, clock, config, name, cmd).await?;
+        let in_flight = if matches!(cmd, CampaignCommand::Pause | CampaignCommand::Stop) {
+            self.halt(name)
+        } else {
+            0
+        };
         self.announce();
-        Ok(row)
+        Ok((row, in_flight))
+    }
+
+    /// Halts every live [`ActiveCampaign`] named `name`; returns their sends in flight.
+    fn halt(&self, name: &str) -> u64 {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        active.retain(|c| c.strong_count() > 0);
+        active
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.config.name == name)
+            .map(|c| c.halt())
+            .sum()
+    }
+
+    fn register(&self, campaign: &Arc<ActiveCampaign>) {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        active.retain(|c| c.strong_count() > 0);
+        active.push(Arc::downgrade(campaign));
     }
 
     /// A campaign's state changed in the database: every line re-reads its campaigns.
     fn announce(&self) {
-        self.0
+        self.generation
             .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
     fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.generation.subscribe()
+    }
+}
+
+/// The attempts this process has claimed and not finished with: their send tasks are still
+/// under way (bounded by `request_timeout`), or their outcome is unknown and they wait for a
+/// status webhook until a monotonic deadline. Reconcile leaves them alone, so a freeze of the
+/// process or a step of the wall clock cannot abandon (and resend) a row still being sent.
+#[derive(Default)]
+struct AttemptsHere(Mutex<HashMap<i64, Option<Instant>>>);
+
+impl AttemptsHere {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<i64, Option<Instant>>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn claimed(&self, ids: impl Iterator<Item = i64>) {
+        self.with(|m| m.extend(ids.map(|id| (id, None))));
+    }
+
+    /// Done with these attempts (settled, failed or given back).
+    fn forget(&self, ids: &[i64]) {
+        self.with(|m| {
+            for id in ids {
+                m.remove(id);
+            }
+        });
+    }
+
+    /// The attempt's outcome is unknown: spared until `until`, then reconcile decides.
+    fn unknown_until(&self, id: i64, until: Instant) {
+        self.with(|m| m.insert(id, Some(until)));
+    }
+
+    /// The attempts reconcile must leave alone at `now`; forgets those whose time ran out.
+    fn spared(&self, now: Instant) -> HashSet<i64> {
+        self.with(|m| {
+            m.retain(|_, until| until.is_none_or(|t| t > now));
+            m.keys().copied().collect()
+        })
+    }
+}
+
+/// Forgets its attempt when its send task ends, however it ends, unless the outcome was
+/// unknown.
+struct SendUnderWay<'a> {
+    here: &'a AttemptsHere,
+    attempt_id: i64,
+    unknown_until: Option<Instant>,
+}
+
+impl Drop for SendUnderWay<'_> {
+    fn drop(&mut self) {
+        match self.unknown_until {
+            Some(until) => self.here.unknown_until(self.attempt_id, until),
+            None => self.here.forget(&[self.attempt_id]),
+        }
     }
 }
 
@@ -106,8 +213,45 @@ pub struct ActiveCampaign {
     pub mapping: CompiledMapping,
     /// Set when the campaign broke or stopped running: its rows not yet sent are given back.
     paused: AtomicBool,
+    /// Sends handed to the HTTP client and not answered yet. Counted under this lock, with
+    /// `paused` read under it, so a halt counts exactly the sends that got past it.
+    in_flight: Mutex<u64>,
     sent: metrics::Counter,
     send_latency: metrics::Histogram,
+}
+
+impl ActiveCampaign {
+    /// The last check before a send leaves: false once the campaign is paused or stopped;
+    /// otherwise the send counts as in flight until [`ActiveCampaign::landed`].
+    fn launch(&self) -> bool {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.paused.load(Ordering::SeqCst) {
+            return false;
+        }
+        *in_flight += 1;
+        true
+    }
+
+    fn landed(&self) {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *in_flight = in_flight.saturating_sub(1);
+    }
+
+    /// Stops every later send of this campaign; returns the sends already in flight.
+    fn halt(&self) -> u64 {
+        let in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.paused.store(true, Ordering::SeqCst);
+        *in_flight
+    }
 }
 
 /// What one pass did.
@@ -117,6 +261,9 @@ pub struct PassReport {
     pub accepted: usize,
     pub failed: usize,
     pub unknown: usize,
+    /// Claimed sends that did not leave: reconciled or taken over meanwhile (see
+    /// [`Store::launch_verdicts`]).
+    pub withdrawn: usize,
     pub reconciled: u64,
     /// Campaigns this pass paused, with the reason.
     pub paused: Vec<(String, String)>,
@@ -128,6 +275,16 @@ enum SendResult {
     Accepted,
     Failed,
     Unknown,
+    Withdrawn,
+}
+
+/// Why a claimed send did not leave.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// Its campaign was paused or stopped.
+    Halted,
+    /// What [`Store::launch_verdicts`] said (never [`Launch::Go`]).
+    Verdict(Launch),
 }
 
 #[derive(Clone)]
@@ -141,6 +298,7 @@ pub struct Dispatcher {
     /// Accepted sends are recorded in group commits (shared with the inbox's statuses).
     outcomes: Outcomes,
     changes: CampaignChanges,
+    here: Arc<AttemptsHere>,
 }
 
 impl Dispatcher {
@@ -161,6 +319,7 @@ impl Dispatcher {
             holder: holder.into(),
             outcomes,
             changes: CampaignChanges::new(),
+            here: Default::default(),
             store,
             clock,
             config,
@@ -248,15 +407,20 @@ impl Dispatcher {
                     }),
             };
             match prepared {
-                Ok((template, mapping)) => out.push(Arc::new(ActiveCampaign {
-                    id: row.id,
-                    config: campaign.clone(),
-                    template,
-                    mapping,
-                    paused: AtomicBool::new(false),
-                    sent: m::messages_sent(line, &campaign.name),
-                    send_latency: m::send_latency(line),
-                })),
+                Ok((template, mapping)) => {
+                    let active = Arc::new(ActiveCampaign {
+                        id: row.id,
+                        config: campaign.clone(),
+                        template,
+                        mapping,
+                        paused: AtomicBool::new(false),
+                        in_flight: Mutex::new(0),
+                        sent: m::messages_sent(line, &campaign.name),
+                        send_latency: m::send_latency(line),
+                    });
+                    self.changes.register(&active);
+                    out.push(active);
+                }
                 Err(reason) => {
                     self.pause(row.id, &campaign.name, &reason).await?;
                     report.paused.push((campaign.name.clone(), reason));
@@ -291,7 +455,11 @@ impl Dispatcher {
             .into_iter()
             .filter_map(|row| configured.get(row.name.as_str()).map(|m| (row.id, *m)))
             .collect();
-        let n = self.store.reconcile_stale(line, self.now(), &max).await?;
+        let spared = self.here.spared(Instant::now());
+        let n = self
+            .store
+            .reconcile_stale(line, self.now(), &max, &spared)
+            .await?;
         if n > 0 {
             tracing::warn!(
                 line,
@@ -357,13 +525,14 @@ impl Dispatcher {
             rt.pacer.until_ready().await;
             let this = self.clone();
             let rt = rt.clone();
-            sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
+            sends.spawn(async move { this.send_one(&rt, &campaign, row, None).await });
         }
         while let Some(joined) = sends.join_next().await {
             match joined {
                 Ok(Ok(SendResult::Accepted)) => report.accepted += 1,
                 Ok(Ok(SendResult::Failed)) => report.failed += 1,
                 Ok(Ok(SendResult::Unknown)) => report.unknown += 1,
+                Ok(Ok(SendResult::Withdrawn)) => report.withdrawn += 1,
                 Ok(Err(e)) => return Err(e),
                 Err(e) => return Err(StoreError::Corrupt(format!("send task failed: {e}"))),
             }
@@ -437,6 +606,7 @@ impl Dispatcher {
                     .claim_due(c.id, &rt.line.name, self.now(), hold_until, share, &gate)
                     .await?;
                 left -= rows.len();
+                self.here.claimed(rows.iter().map(|r| r.attempt_id));
                 out.extend(rows.into_iter().map(|r| (c.clone(), r)));
             }
         }
@@ -468,11 +638,15 @@ impl Dispatcher {
     /// the attempt and, once accepted, the wamid. The span is at debug level: at info it cost
     /// a formatted copy of its fields per message (a few per cent of the daemon's CPU in
     /// `tiercast bench`), so the warnings a send can log name their attempt themselves.
+    ///
+    /// `lease` is the line's lease this daemon drives it under (`run_line`); the send leaves
+    /// only while it is held. The step function (`dispatch_once`) holds none.
     async fn send_one(
         &self,
         rt: &LineRuntime,
         campaign: &ActiveCampaign,
         row: Claimed,
+        lease: Option<LineLease>,
     ) -> Result<SendResult, StoreError> {
         let span = tracing::debug_span!(
             "send",
@@ -482,7 +656,42 @@ impl Dispatcher {
             attempt = row.attempt_id,
             wamid = tracing::field::Empty,
         );
-        self.send_in_span(rt, campaign, row).instrument(span).await
+        let mut under_way = SendUnderWay {
+            here: &self.here,
+            attempt_id: row.attempt_id,
+            unknown_until: None,
+        };
+        let result = self
+            .send_in_span(rt, campaign, row, lease)
+            .instrument(span)
+            .await;
+        if let Ok(SendResult::Unknown) = result {
+            under_way.unknown_until = Some(Instant::now() + self.config.server.reconcile_after);
+        }
+        result
+    }
+
+    /// The last moment before a claimed send leaves (it holds its HTTP permit): the attempt
+    /// must still be its row's, the line's lease still this daemon's, and the campaign still
+    /// running. The answer is also left in `asked`, with the reason of a refusal.
+    async fn clear_to_send(
+        &self,
+        campaign: &ActiveCampaign,
+        check: LaunchCheck,
+        asked: &Mutex<Option<Result<(), Refused>>>,
+    ) -> bool {
+        let answer = match self.outcomes.launch(check).await {
+            Ok(Launch::Go) if campaign.launch() => Ok(()),
+            Ok(Launch::Go) => Err(Refused::Halted),
+            Ok(verdict) => Err(Refused::Verdict(verdict)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check a send before it leaves; it waits for reconcile");
+                Err(Refused::Verdict(Launch::Gone))
+            }
+        };
+        let go = answer.is_ok();
+        *asked.lock().unwrap_or_else(PoisonError::into_inner) = Some(answer);
+        go
     }
 
     async fn send_in_span(
@@ -490,6 +699,7 @@ impl Dispatcher {
         rt: &LineRuntime,
         campaign: &ActiveCampaign,
         row: Claimed,
+        lease: Option<LineLease>,
     ) -> Result<SendResult, StoreError> {
         if campaign.paused.load(Ordering::SeqCst) {
             // The campaign broke while this row waited: give it back untouched.
@@ -551,8 +761,28 @@ impl Dispatcher {
             callback_data: callback_data(row.attempt_id),
         };
         let started = Instant::now();
-        let result = rt.provider.send_template(&message).await;
-        campaign.send_latency.record(started.elapsed());
+        let asked = Mutex::new(None);
+        let check = LaunchCheck {
+            attempt_id: row.attempt_id,
+            lease,
+        };
+        let result = rt
+            .provider
+            .send_template_if(&message, self.clear_to_send(campaign, check, &asked))
+            .await;
+        let asked = asked.into_inner().unwrap_or_else(PoisonError::into_inner);
+        if let Some(Ok(())) = asked {
+            campaign.landed();
+            campaign.send_latency.record(started.elapsed());
+        }
+        let result = match (result, asked) {
+            (Ok(Some(accepted)), _) => Ok(accepted),
+            (Err(e), _) => Err(e),
+            (Ok(None), asked) => {
+                let refused = asked.and_then(Result::err);
+                return self.unsent(campaign, row.attempt_id, refused).await;
+            }
+        };
         match result {
             Ok(accepted) => {
                 let now = self.now();
@@ -595,6 +825,47 @@ impl Dispatcher {
                     error,
                 )
                 .await
+            }
+        }
+    }
+
+    /// A claimed send that did not leave ([`Dispatcher::clear_to_send`] said no).
+    async fn unsent(
+        &self,
+        campaign: &ActiveCampaign,
+        attempt_id: i64,
+        refused: Option<Refused>,
+    ) -> Result<SendResult, StoreError> {
+        match refused.unwrap_or(Refused::Verdict(Launch::Gone)) {
+            Refused::Halted => {
+                // Paused or stopped while it waited for its permit: back to the hopper.
+                self.store
+                    .record_failure(
+                        attempt_id,
+                        &FailureAction::Untouched,
+                        None,
+                        "campaign",
+                        "campaign paused before sending",
+                        self.now(),
+                    )
+                    .await?;
+                Ok(SendResult::Failed)
+            }
+            Refused::Verdict(Launch::LeaseLost) => {
+                tracing::info!(campaign = %campaign.config.name, attempt = attempt_id,
+                    "another daemon drives the line now: the row goes back unsent");
+                self.give_back(
+                    &[attempt_id],
+                    "lease",
+                    "the line's lease was lost before sending",
+                )
+                .await;
+                Ok(SendResult::Withdrawn)
+            }
+            Refused::Verdict(_) => {
+                tracing::info!(campaign = %campaign.config.name, attempt = attempt_id,
+                    "the row's attempt was given up for lost while it waited: not sent");
+                Ok(SendResult::Withdrawn)
             }
         }
     }
@@ -755,14 +1026,23 @@ impl Dispatcher {
         let capacity = rt.line.max_in_flight.max(1);
         m::line_throughput(&line, rt.line.throughput_mps);
         let lease = format!("line:{line}");
+        let line_lease = LineLease {
+            name: lease.as_str().into(),
+            holder: self.holder.clone(),
+        };
         let ttl = self.config.server.lease_ttl;
         let mut renewed_at: Option<Instant> = None;
+        // A send withdrawn at its last check means another daemon took the line or gave up
+        // its attempt: ask for the lease at once rather than claiming rows meanwhile.
+        let mut recheck_lease = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             // One daemon drives a line at a time (SPEC §6); renew well before expiry.
-            if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3) {
+            if renewed_at.is_none_or(|t| t.elapsed() >= ttl / 3)
+                || std::mem::take(&mut recheck_lease)
+            {
                 let holding = renewed_at.is_some();
                 let within_share = self.within_share(&lease, holding).await;
                 if holding && !within_share {
@@ -811,9 +1091,16 @@ impl Dispatcher {
                 }
             }
             while let Some(done) = sends.try_join_next() {
-                if let Ok(Err(e)) = done {
-                    tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                match done {
+                    Ok(Err(e)) => {
+                        tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled")
+                    }
+                    Ok(Ok(SendResult::Withdrawn)) => recheck_lease = true,
+                    _ => {}
                 }
+            }
+            if recheck_lease {
+                continue;
             }
             rt.pacer.recover(Instant::now());
             if refresh_due(&mut refresh_now, &mut changes, refreshed_at)
@@ -856,8 +1143,12 @@ impl Dispatcher {
                     _ = shutdown.changed() => {}
                     Ok(()) = changes.changed() => refresh_now = true,
                     Some(done) = sends.join_next(), if !sends.is_empty() => {
-                        if let Ok(Err(e)) = done {
-                            tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
+                        match done {
+                            Ok(Err(e)) => {
+                                tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled")
+                            }
+                            Ok(Ok(SendResult::Withdrawn)) => recheck_lease = true,
+                            _ => {}
                         }
                     }
                 }
@@ -891,9 +1182,12 @@ impl Dispatcher {
                 }
                 let this = self.clone();
                 let rt = rt.clone();
-                sends.spawn(async move { this.send_one(&rt, &campaign, row).await });
+                let lease = Some(line_lease.clone());
+                sends.spawn(async move { this.send_one(&rt, &campaign, row, lease).await });
             }
             unsent_at_shutdown.extend(claimed.map(|(_, row)| row.attempt_id));
+            self.here.forget(&paused_rows);
+            self.here.forget(&unsent_at_shutdown);
             self.give_back(&paused_rows, "campaign", "campaign paused before sending")
                 .await;
             self.give_back(&unsent_at_shutdown, "shutdown", "daemon shutting down")

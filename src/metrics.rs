@@ -21,6 +21,7 @@ pub const WEBHOOK_EVENTS: &str = "tiercast_webhook_events_total";
 pub const WEBHOOK_REJECTED: &str = "tiercast_webhook_rejected_total";
 pub const REPLIES: &str = "tiercast_replies_total";
 pub const INTERACTIONS_OPEN: &str = "tiercast_interactions_open";
+pub const CLOCK_STEPS: &str = "tiercast_clock_steps_total";
 
 enum Kind {
     Counter,
@@ -47,6 +48,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (WEBHOOK_REJECTED, Kind::Counter, "Webhook requests refused, per reason (bad signature, malformed body, bad secret…)"),
     (REPLIES, Kind::Counter, "Contact replies to a campaign, per kind (answer, free_text, late)"),
     (INTERACTIONS_OPEN, Kind::Gauge, "Open agent interactions, per line"),
+    (CLOCK_STEPS, Kind::Counter, "Steps of the wall clock of 2 s or more against the monotonic clock, per direction (forward, back)"),
 ];
 
 /// Registers the HELP text of every family with the installed recorder.
@@ -123,6 +125,9 @@ pub fn zero_known_series(config: &crate::config::Config) {
     }
     for reason in WEBHOOK_REJECT_REASONS {
         counter!(WEBHOOK_REJECTED, "reason" => *reason).increment(0);
+    }
+    for direction in ["forward", "back"] {
+        counter!(CLOCK_STEPS, "direction" => direction).increment(0);
     }
 }
 
@@ -204,6 +209,11 @@ pub fn reply(campaign: &str, kind: &str) {
 
 pub fn interactions_open(line: &str, n: u64) {
     gauge!(INTERACTIONS_OPEN, "line" => line.to_string()).set(n as f64);
+}
+
+/// The wall clock stepped (`direction`: forward, back); see `clock::SteadyClock`.
+pub fn clock_step(direction: &str) {
+    counter!(CLOCK_STEPS, "direction" => direction.to_string()).increment(1);
 }
 
 #[cfg(test)]

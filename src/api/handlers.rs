@@ -89,10 +89,19 @@ pub async fn campaign(
     ))
 }
 
+/// A campaign command's answer: the campaign after it, and (after a pause or a stop) its
+/// sends already in the HTTP client, the only ones that may still reach the provider.
+#[derive(Debug, Serialize)]
+pub struct CommandAnswer {
+    #[serde(flatten)]
+    status: campaign::CampaignStatus,
+    sends_in_flight: u64,
+}
+
 pub async fn campaign_command(
     State(state): State<ApiState>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> ApiResult<Json<campaign::CampaignStatus>> {
+) -> ApiResult<Json<CommandAnswer>> {
     let Path((name, command)) = path?;
     let cmd = match command.as_str() {
         "start" => CampaignCommand::Start,
@@ -107,14 +116,15 @@ pub async fn campaign_command(
         }
     };
     let c = campaign::find(&state.config, &name)?;
-    state
+    let (_, sends_in_flight) = state
         .campaign_changes
-        .command(&state.store, &*state.clock, &state.config, &name, cmd)
+        .command_counting(&state.store, &*state.clock, &state.config, &name, cmd)
         .await?;
-    tracing::info!(campaign = %name, command = cmd.as_str(), "campaign command through the admin API");
-    Ok(Json(
-        campaign::status(&state.store, &*state.clock, &state.config, c).await?,
-    ))
+    tracing::info!(campaign = %name, command = cmd.as_str(), sends_in_flight, "campaign command through the admin API");
+    Ok(Json(CommandAnswer {
+        status: campaign::status(&state.store, &*state.clock, &state.config, c).await?,
+        sends_in_flight,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

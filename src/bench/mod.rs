@@ -4,7 +4,7 @@
 
 pub mod webhooks;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{SharedClock, SteadyClock};
 use crate::config::Config;
 use crate::domain::CampaignCommand;
 use crate::import::{self, BytesSource, ImportOptions};
@@ -165,7 +165,7 @@ variables = {{ "1" = "name", "2" = "field:plan", "3" = "literal:30%" }}
 
     let sim = simulator(options.status_webhooks)?;
     wait_for_port(sim_port).await?;
-    let clock: SharedClock = Arc::new(SystemClock);
+    let clock: SharedClock = Arc::new(SteadyClock::system());
     let daemon = serve::start(
         config.clone(),
         ServeOptions {

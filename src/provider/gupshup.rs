@@ -18,6 +18,7 @@ use reqwest::header::{HeaderName, HeaderValue, ACCEPT};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::future::Future;
 use tokio::sync::Semaphore;
 
 use super::{
@@ -147,6 +148,14 @@ impl GupshupClient {
         req: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, Vec<u8>), SendError> {
         let _permit = self.permits.acquire().await.ok();
+        self.request(req).await
+    }
+
+    /// One request, now: the caller holds an in-flight permit.
+    async fn request(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), SendError> {
         let resp = req
             .header(APIKEY.clone(), self.apikey.clone())
             .header(ACCEPT, "application/json")
@@ -459,6 +468,22 @@ impl Provider for GupshupClient {
         let form = self.template_form(m)?;
         let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.send_form(&self.template_url, &pairs).await
+    }
+
+    async fn send_template_if<G: Future<Output = bool> + Send>(
+        &self,
+        m: &TemplateMessage,
+        go: G,
+    ) -> Result<Option<Accepted>, SendError> {
+        let form = self.template_form(m)?;
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let req = self.http.post(self.template_url.clone()).form(&pairs);
+        let _permit = self.permits.acquire().await.ok();
+        if !go.await {
+            return Ok(None);
+        }
+        let (status, body) = self.request(req).await?;
+        parse_send_answer(status, &body).map(Some)
     }
 
     async fn send_text(&self, to: &str, body: &str) -> Result<Accepted, SendError> {

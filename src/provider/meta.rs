@@ -16,6 +16,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::future::Future;
 use tokio::sync::Semaphore;
 
 use super::{
@@ -146,6 +147,14 @@ impl MetaClient {
     ) -> Result<(StatusCode, Vec<u8>), SendError> {
         // The semaphore is never closed; if it were, going on without a permit is harmless.
         let _permit = self.permits.acquire().await.ok();
+        self.request(req).await
+    }
+
+    /// One request, now: the caller holds an in-flight permit.
+    async fn request(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Vec<u8>), SendError> {
         let resp = req
             .header(AUTHORIZATION, self.auth.clone())
             .send()
@@ -171,22 +180,47 @@ impl MetaClient {
 
     async fn send_message<B: Serialize + Sync>(&self, body: &B) -> Result<Accepted, SendError> {
         let (status, body) = self.post_message(body).await?;
-        if !status.is_success() {
-            return Err(error_from_answer(status, &body));
-        }
-        let parsed: SendResponse =
-            serde_json::from_slice(&body).map_err(|_| http_error(status, &body))?;
-        let mut messages = parsed.messages.into_iter();
-        // A 2xx without a message id may still mean the message was taken: the caller treats
-        // this `Http` error as ambiguous.
-        let message = messages.next().ok_or_else(|| http_error(status, &body))?;
-        Ok(Accepted {
-            wamid: message.id,
-            wa_id: parsed.contacts.into_iter().find_map(|c| c.wa_id),
-            message_status: message.message_status,
-        })
+        accepted_from(status, &body)
     }
 
+    fn template_request<'a>(m: &'a TemplateMessage) -> TemplateRequest<'a> {
+        TemplateRequest {
+            messaging_product: "whatsapp",
+            recipient_type: "individual",
+            to: &m.to,
+            kind: "template",
+            biz_opaque_callback_data: &m.callback_data,
+            template: TemplatePayload {
+                name: &m.template_name,
+                language: Language {
+                    policy: "deterministic",
+                    code: &m.language,
+                },
+                components: &m.components,
+            },
+        }
+    }
+}
+
+/// The message id (and recipient) of a send's answer, or the error it holds.
+fn accepted_from(status: StatusCode, body: &[u8]) -> Result<Accepted, SendError> {
+    if !status.is_success() {
+        return Err(error_from_answer(status, body));
+    }
+    let parsed: SendResponse =
+        serde_json::from_slice(body).map_err(|_| http_error(status, body))?;
+    let mut messages = parsed.messages.into_iter();
+    // A 2xx without a message id may still mean the message was taken: the caller treats
+    // this `Http` error as ambiguous.
+    let message = messages.next().ok_or_else(|| http_error(status, body))?;
+    Ok(Accepted {
+        wamid: message.id,
+        wa_id: parsed.contacts.into_iter().find_map(|c| c.wa_id),
+        message_status: message.message_status,
+    })
+}
+
+impl MetaClient {
     /// The URL of the page after `page`, if any. Follows `paging.next` only on our own origin so
     /// the bearer token never goes to a host named by a response body; otherwise rebuilds the
     /// URL from the `after` cursor.
@@ -383,22 +417,24 @@ fn error_from_answer(status: StatusCode, body: &[u8]) -> SendError {
 
 impl Provider for MetaClient {
     async fn send_template(&self, m: &TemplateMessage) -> Result<Accepted, SendError> {
-        self.send_message(&TemplateRequest {
-            messaging_product: "whatsapp",
-            recipient_type: "individual",
-            to: &m.to,
-            kind: "template",
-            biz_opaque_callback_data: &m.callback_data,
-            template: TemplatePayload {
-                name: &m.template_name,
-                language: Language {
-                    policy: "deterministic",
-                    code: &m.language,
-                },
-                components: &m.components,
-            },
-        })
-        .await
+        self.send_message(&Self::template_request(m)).await
+    }
+
+    async fn send_template_if<G: Future<Output = bool> + Send>(
+        &self,
+        m: &TemplateMessage,
+        go: G,
+    ) -> Result<Option<Accepted>, SendError> {
+        let req = self
+            .http
+            .post(self.messages_url.clone())
+            .json(&Self::template_request(m));
+        let _permit = self.permits.acquire().await.ok();
+        if !go.await {
+            return Ok(None);
+        }
+        let (status, body) = self.request(req).await?;
+        accepted_from(status, &body).map(Some)
     }
 
     async fn send_text(&self, to: &str, body: &str) -> Result<Accepted, SendError> {

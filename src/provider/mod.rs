@@ -172,6 +172,15 @@ pub trait Provider: Send + Sync {
         m: &TemplateMessage,
     ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
 
+    /// [`Provider::send_template`], asking `go` at the last moment: once the request holds
+    /// one of the line's in-flight permits, before it leaves. When `go` answers false
+    /// nothing is sent and the answer is `Ok(None)`.
+    fn send_template_if<G: Future<Output = bool> + Send>(
+        &self,
+        m: &TemplateMessage,
+        go: G,
+    ) -> impl Future<Output = Result<Option<Accepted>, SendError>> + Send;
+
     /// Send free-form text (only inside the 24 h customer-service window).
     fn send_text(
         &self,
@@ -241,6 +250,17 @@ impl Provider for LineProvider {
         match self {
             LineProvider::Meta(c) => c.send_template(m).await,
             LineProvider::Gupshup(c) => c.send_template(m).await,
+        }
+    }
+
+    async fn send_template_if<G: Future<Output = bool> + Send>(
+        &self,
+        m: &TemplateMessage,
+        go: G,
+    ) -> Result<Option<Accepted>, SendError> {
+        match self {
+            LineProvider::Meta(c) => c.send_template_if(m, go).await,
+            LineProvider::Gupshup(c) => c.send_template_if(m, go).await,
         }
     }
 

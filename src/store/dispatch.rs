@@ -10,7 +10,9 @@
 //! ([`Store::hold_orphans`]), so the time it was down does not count against them: the
 //! provider's webhooks get a full `reconcile_after` of uptime to name those attempts. Every
 //! outcome write is guarded by `inflight_attempt_id`, so a late or duplicated answer can never
-//! move a row twice.
+//! move a row twice; the one exception, proof that an abandoned attempt was accepted, settles
+//! only a row that holds no attempt and was not sent since ([`Store::launch_verdicts`] keeps
+//! an abandoned attempt from leaving at all).
 
 use super::tiers::TierBudget;
 use super::{
@@ -20,7 +22,7 @@ use crate::clock::Millis;
 use crate::domain::Outcome;
 use sqlx::any::Any;
 use sqlx::{Row, Transaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// `next_attempt_at` of a retry row that waits for a retry run (`auto_retry = false`).
 pub const AWAITING_RETRY_RUN: Millis = i64::MAX / 4;
@@ -110,6 +112,31 @@ impl StatusRecord {
 /// A campaign's response timeout by campaign name (from the configuration): a status that
 /// settles an attempt still in flight gives its row the deadline `at + timeout`.
 pub type ResponseTimeouts<'a> = dyn Fn(&str) -> Option<Millis> + Send + Sync + 'a;
+
+/// A line's lease as one daemon holds it: `name` (`line:…`) and the daemon's `holder` name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LineLease {
+    pub name: std::sync::Arc<str>,
+    pub holder: std::sync::Arc<str>,
+}
+
+/// A claimed send about to leave: may it? With a `lease`, only while that daemon holds it.
+#[derive(Debug, Clone)]
+pub struct LaunchCheck {
+    pub attempt_id: i64,
+    pub lease: Option<LineLease>,
+}
+
+/// The verdict on a [`LaunchCheck`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launch {
+    /// Still the row's attempt in flight, and the lease (if any) still held: send it.
+    Go,
+    /// Still the row's attempt, but another daemon drives the line now: give it back unsent.
+    LeaseLost,
+    /// No longer the row's attempt (reconciled, given back, closed): send nothing, write nothing.
+    Gone,
+}
 
 /// An accepted send to record: the attempt, the provider's message id and the row's response
 /// deadline.
@@ -452,6 +479,75 @@ impl Store {
         .await?)
     }
 
+    /// The last check before claimed sends leave (SPEC §2 rule 7 across freezes and clock
+    /// steps): each attempt must still be its row's attempt in flight, and its line's lease
+    /// still held by the daemon sending it, measured on the lease clock (the database
+    /// server's on PostgreSQL). Read only, one statement for the attempts and one per lease:
+    /// the group commit asks it for every send that has its HTTP permit.
+    pub async fn launch_verdicts(
+        &self,
+        checks: &[LaunchCheck],
+        now: Millis,
+    ) -> StoreResult<Vec<Launch>> {
+        let ids: Vec<i64> = checks.iter().map(|c| c.attempt_id).collect();
+        let mut live: HashSet<i64> = HashSet::with_capacity(ids.len());
+        for chunk in ids.chunks(STATUS_CHUNK) {
+            let list = placeholders(1, padded_len(chunk.len()));
+            if self.backend == Backend::Sqlite {
+                // One JSON value, not rows through sqlx's 50-row channel (`opened_rows_by_id`).
+                let sql = self.bulk_sql(format!(
+                    "SELECT json_group_array(inflight_attempt_id) FROM hopper \
+                     WHERE inflight_attempt_id IN ({list})"
+                ));
+                let mut q = sqlx::query_scalar(&sql);
+                for id in padded(chunk) {
+                    q = q.bind(*id);
+                }
+                let json: String = q.fetch_one(&self.pool).await?;
+                live.extend(json_rows::<i64>(&json, "attempts still in flight")?);
+            } else {
+                let sql = self.bulk_sql(format!(
+                    "SELECT inflight_attempt_id FROM hopper WHERE inflight_attempt_id IN ({list})"
+                ));
+                let mut q = sqlx::query_scalar::<_, i64>(&sql);
+                for id in padded(chunk) {
+                    q = q.bind(*id);
+                }
+                live.extend(q.fetch_all(&self.pool).await?);
+            }
+        }
+        let mut held: HashMap<&LineLease, bool> = HashMap::new();
+        for lease in checks.iter().filter_map(|c| c.lease.as_ref()) {
+            if held.contains_key(lease) {
+                continue;
+            }
+            let (at, bind_now) = self.lease_now(3);
+            let sql = format!(
+                "SELECT COUNT(*) FROM leases WHERE name = $1 AND holder = $2 AND expires_at >= {at}"
+            );
+            let mut q = sqlx::query_scalar(&sql)
+                .bind(&*lease.name)
+                .bind(&*lease.holder);
+            if bind_now {
+                q = q.bind(now);
+            }
+            let n: i64 = q.fetch_one(&self.pool).await?;
+            held.insert(lease, n > 0);
+        }
+        Ok(checks
+            .iter()
+            .map(|c| {
+                if !live.contains(&c.attempt_id) {
+                    Launch::Gone
+                } else if c.lease.as_ref().is_some_and(|l| !held[l]) {
+                    Launch::LeaseLost
+                } else {
+                    Launch::Go
+                }
+            })
+            .collect())
+    }
+
     /// Gives claimed rows back unsent, in one transaction: for each attempt what
     /// [`Store::record_failure`] with [`FailureAction::Untouched`] does (the attempt `failed`
     /// with `class` and `text`, the row due again now, no attempt spent).
@@ -592,12 +688,14 @@ impl Store {
 
     /// Attempts still `sending` / `unknown` whose hold expired: no webhook settled them within
     /// `reconcile_after`, so they count as spent and the contact becomes due again (or
-    /// `exhausted`). Returns how many were abandoned.
+    /// `exhausted`). Attempts in `spared` are left alone: the caller still has them under way
+    /// and times them itself. Returns how many were abandoned.
     pub async fn reconcile_stale(
         &self,
         line: &str,
         now: Millis,
         max_attempts_of: &HashMap<i64, i64>,
+        spared: &HashSet<i64>,
     ) -> StoreResult<u64> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
@@ -614,6 +712,9 @@ impl Store {
             let hopper_id: i64 = row.try_get(0)?;
             let campaign_id: i64 = row.try_get(1)?;
             let attempt_id: i64 = row.try_get(2)?;
+            if spared.contains(&attempt_id) {
+                continue;
+            }
             let max_attempts = max_attempts_of
                 .get(&campaign_id)
                 .copied()
@@ -914,8 +1015,9 @@ impl Store {
         .transpose()
     }
 
-    /// Which of these attempts are still in flight (`sending` or `unknown`), with their
-    /// campaign's name: a status naming one settles it.
+    /// Which of these attempts are still in flight (`sending` or `unknown`) or were abandoned
+    /// (a status naming one settles its row unless it was sent again), with their campaign's
+    /// name.
     async fn attempts_in_flight(
         &self,
         tx: &mut Transaction<'static, Any>,
@@ -925,7 +1027,7 @@ impl Store {
         for chunk in ids.chunks(STATUS_CHUNK) {
             let sql = self.bulk_sql(format!(
                 "SELECT a.id, c.name FROM attempts a JOIN campaigns c ON c.id = a.campaign_id \
-                 WHERE a.status IN ('sending', 'unknown') AND a.id IN ({})",
+                 WHERE a.status IN ('sending', 'unknown', 'abandoned') AND a.id IN ({})",
                 placeholders(1, padded_len(chunk.len()))
             ));
             let mut q = self.growing_table_query(&sql);
@@ -1070,12 +1172,17 @@ impl Store {
                     .bind(r.now)
                     .bind(r.response_deadline);
             }
-            q.execute(&mut **tx).await?;
+            let settled = q.execute(&mut **tx).await?.rows_affected();
+            if settled < chunk.len() as u64 {
+                self.settle_abandoned_in(tx, chunk).await?;
+            }
             self.lock_in_order(tx, Locked::Attempts, &ids).await?;
             let sql = self.bulk_sql(format!(
                 "WITH v (attempt_id, wamid, now) AS (VALUES {}) \
                  UPDATE attempts SET status = 'accepted', wamid = v.wamid, finished_at = v.now \
-                 FROM v WHERE attempts.id = v.attempt_id AND attempts.status IN ('sending', 'unknown')",
+                 FROM v WHERE attempts.id = v.attempt_id AND (attempts.status IN ('sending', 'unknown') \
+                   OR (attempts.status = 'abandoned' AND EXISTS (SELECT 1 FROM hopper h \
+                         WHERE h.id = attempts.hopper_id AND h.wamid = v.wamid)))",
                 value_rows(padded_len(chunk.len()), 3, 1)
             ));
             let mut q = self.growing_table_query(&sql);
@@ -1083,6 +1190,48 @@ impl Store {
                 q = q.bind(r.attempt_id).bind(&r.wamid).bind(r.now);
             }
             q.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Proof that an abandoned attempt was accepted after all (its late HTTP answer, or a
+    /// status webhook naming it): the row is settled as if it had been accepted in time, as
+    /// long as it was not sent again, i.e. it holds no attempt in flight and this attempt is
+    /// its last. A row the abandonment closed `exhausted` reopens as pending. The attempt was
+    /// counted when it was abandoned, so `attempts` stays as it is. Runs only when some
+    /// settle of the chunk found no row holding its attempt.
+    async fn settle_abandoned_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        chunk: &[Settle],
+    ) -> StoreResult<()> {
+        let sql = self.bulk_sql(format!(
+            "WITH v (attempt_id, wamid, wa_id, now, deadline) AS (VALUES {}) \
+             UPDATE hopper SET state = 'pending', outcome = NULL, closed_at = NULL, wamid = v.wamid, \
+               wa_id = COALESCE(v.wa_id, hopper.wa_id), sent_at = v.now, \
+               message_status = CASE WHEN hopper.wamid = v.wamid THEN COALESCE(hopper.message_status, 'accepted') ELSE 'accepted' END, \
+               response_deadline = v.deadline, last_error_code = NULL, last_error_text = NULL, updated_at = v.now \
+             FROM v JOIN attempts a ON a.id = v.attempt_id \
+             WHERE hopper.id = a.hopper_id AND a.status = 'abandoned' AND hopper.inflight_attempt_id IS NULL \
+               AND (hopper.state IN ('fresh', 'retry') OR (hopper.state = 'closed' AND hopper.outcome = 'exhausted')) \
+               AND NOT EXISTS (SELECT 1 FROM attempts l WHERE l.hopper_id = hopper.id AND l.id > a.id)",
+            value_rows(padded_len(chunk.len()), 5, 1)
+        ));
+        let mut q = sqlx::query(&sql);
+        for r in padded(chunk) {
+            q = q
+                .bind(r.attempt_id)
+                .bind(&r.wamid)
+                .bind(r.wa_id.as_deref())
+                .bind(r.now)
+                .bind(r.response_deadline);
+        }
+        let n = q.execute(&mut **tx).await?.rows_affected();
+        if n > 0 {
+            tracing::info!(
+                rows = n,
+                "sends given up for lost were accepted after all: their rows are settled, not sent again"
+            );
         }
         Ok(())
     }

@@ -23,8 +23,9 @@ pub use brakes::{HeldRows, Verdict};
 pub use campaigns::{CampaignRow, HopperCounts, ReportRow};
 pub use contacts::{BatchCounts, ContactRecord, ContactUpsert};
 pub use dispatch::{
-    status_rank, AppliedStatus, ClaimGate, Claimed, FailureAction, LocalHours, ResponseTimeouts,
-    Settle, StatusRecord, StatusTarget, StatusUpdate, AWAITING_RETRY_RUN, PAIR_RATE_GAP,
+    status_rank, AppliedStatus, ClaimGate, Claimed, FailureAction, Launch, LaunchCheck, LineLease,
+    LocalHours, ResponseTimeouts, Settle, StatusRecord, StatusTarget, StatusUpdate,
+    AWAITING_RETRY_RUN, PAIR_RATE_GAP,
 };
 pub use inbox::{
     InteractionFilter, InteractionRow, InteractionState, MessageRow, OutboundMessage, ReplyTarget,

@@ -11,6 +11,7 @@ mod crash;
 mod dbfaults;
 mod dbfile;
 mod faults;
+mod freeze;
 mod gupshup;
 mod helpers;
 mod import;

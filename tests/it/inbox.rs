@@ -390,7 +390,35 @@ async fn timeouts_close_no_answer_and_late_replies_go_to_an_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_opt_out_path_closes_rows_and_blocks_sending() {
     let db = fresh_db().await;
-    let (daemon, _config, p) = sent_campaign(&db, 4, Arc::new(SystemClock)).await;
+    let second = r#"
+[[campaigns]]
+name = "c2"
+line = "main"
+template = { name = "renewal_reminder", language = "pt_BR" }
+lists = ["l"]
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
+"#;
+    let (daemon, config) =
+        start_with(&db, &inbox_config(&db.url, second), Arc::new(SystemClock)).await;
+    // p[0] keyword, p[1] answer, p[2] user_preferences "stop", p[3] 131050, p[4] stays.
+    let p = numbers(5);
+    let sim = daemon.simulator.clone().unwrap();
+    sim.force_fate(&p[3], tiercast::sim::Fate::Failed(131050));
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "sent, 131050 applied", |s| {
+        s.hopper["pending"] == 4 && s.outcomes["opted_out"] == 1
+    })
+    .await;
+    settle(&daemon).await;
     // Keyword (whole message, any case / accents).
     inject(&daemon, inbound(&p[0], "text", " Parar ", None)).await;
     // A quick reply mapped to opt_out.
@@ -412,7 +440,7 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
             "category": "marketing_messages", "value": "stop", "timestamp": 1795000000}]}}]}]})
     .to_string();
     assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
-    for phone in &p[..3] {
+    for phone in &p[..4] {
         assert_eq!(
             row_of(&daemon, phone, "c").await.1.as_deref(),
             Some("opted_out"),
@@ -429,7 +457,65 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
             "{phone}"
         );
     }
-    assert_eq!(row_of(&daemon, &p[3], "c").await.0, "pending");
+    assert_eq!(row_of(&daemon, &p[4], "c").await.0, "pending");
+    // p[4] answers, so nothing holds it back (rule 3) and the later campaign must send to it:
+    // that campaign demonstrably sends, just not to the opted-out four.
+    inject(&daemon, inbound(&p[4], "button", "YES", None)).await;
+    assert_eq!(
+        row_of(&daemon, &p[4], "c").await.1.as_deref(),
+        Some("answered")
+    );
+
+    // A later campaign on the same list: every opted-out contact's row closes at load.
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c2",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    for phone in &p[..4] {
+        assert_eq!(
+            row_of(&daemon, phone, "c2").await,
+            ("closed".to_string(), Some("opted_out".to_string()), None),
+            "{phone}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row_of(&daemon, &p[4], "c2").await.0 != "pending" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c2 never sent to p[4]"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A pass over the line finds nothing left to send, nothing is in flight, and the
+    // simulator received one template per opted-out contact (the first campaign's) and two
+    // for the contact that stayed.
+    let pass = daemon.dispatcher.dispatch_once("main", 100).await.unwrap();
+    assert_eq!(pass.claimed, 0, "{pass:?}");
+    assert_eq!(daemon.store.inflight_rows().await.unwrap(), 0);
+    settle(&daemon).await;
+    let ledger = sim.ledger();
+    let templates_to = |phone: &str| {
+        ledger
+            .iter()
+            .filter(|e| {
+                e.template_name.is_some()
+                    && e.to.trim_start_matches('+') == phone.trim_start_matches('+')
+            })
+            .count()
+    };
+    for phone in &p[..4] {
+        assert_eq!(templates_to(phone), 1, "{phone}: only the first campaign's");
+    }
+    assert_eq!(
+        templates_to(&p[4]),
+        2,
+        "the control contact got both campaigns'"
+    );
     daemon.shutdown().await;
 }
 

@@ -1165,3 +1165,197 @@ async fn open_callbacks_need_webhook_auth_none_and_warn_at_every_start() {
         drop(daemon);
     }
 }
+
+/// Two Gupshup lines (two apps of one account, one callback URL and secret): a callback is
+/// matched to its line by `app` (v2) or `gs_app_id` (v3). Each app's status callbacks settle
+/// its own line's rows, and an unquoted reply, which belongs to the contact's pending row on
+/// the reply's line, answers the campaign of the app it came through. A callback naming no
+/// line's app is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gupshup_lines_are_told_apart_by_app_and_gs_app_id() {
+    const OTHER_APP: &str = "OtherApp";
+    const OTHER_ID: &str = "9d1c3a52-7a44-4c1e-9d0b-5b2f4c6e8a10";
+    const OTHER_SOURCE: &str = "917834822225";
+    set_env();
+    let db = fresh_db().await;
+    let sim = Simulator::new(SimConfig {
+        phone_numbers: vec![],
+        gupshup_apps: vec![
+            SimGupshupApp {
+                api_key: KEY.into(),
+                ..SimGupshupApp::default()
+            },
+            SimGupshupApp {
+                app_name: OTHER_APP.into(),
+                app_id: OTHER_ID.into(),
+                source: OTHER_SOURCE.into(),
+                api_key: KEY.into(),
+                ..SimGupshupApp::default()
+            },
+        ],
+        fates: FateMix::all_read(),
+        ..SimConfig::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim_url = format!("http://{}", listener.local_addr().unwrap());
+    let serving = sim.clone();
+    tokio::spawn(async move { serving.serve(listener).await });
+    let text = gupshup_config(&db.url, &sim_url, "").replace(
+        "\n[[campaigns]]",
+        &format!(
+            r#"
+[[lines]]
+name = "gs2"
+provider = "gupshup"
+source = "{OTHER_SOURCE}"
+app_name = "{OTHER_APP}"
+app_id = "{OTHER_ID}"
+api_base = "{sim_url}"
+api_key_env = "{KEY_ENV}"
+webhook_secret_env = "{SECRET_ENV}"
+throughput_mps = 200
+max_in_flight = 8
+
+[[campaigns]]
+name = "c2"
+line = "gs2"
+template = {{ name = "renewal_reminder", language = "pt_BR" }}
+lists = ["l"]
+variables = {{ "1" = "name|literal:friend", "2" = "literal:gold", "3" = "literal:30%" }}
+response_timeout = "4h"
+answers = {{ "YES" = {{ outcome = "yes", action = "close" }} }}
+
+[[campaigns]]"#
+        ),
+    );
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let daemon = serve::start(
+        config.clone(),
+        ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::new(Arc::new(SystemClock) as SharedClock)
+        },
+    )
+    .await
+    .unwrap();
+    let callback = format!("{}/webhooks/gupshup", daemon.url());
+    for app in ["DemoApp", OTHER_APP] {
+        assert!(sim.set_gupshup_callback(
+            app,
+            &callback,
+            vec![("X-Tiercast-Secret".into(), SECRET.into())]
+        ));
+    }
+    let p = phones(2);
+    crate::sending::load(&daemon, &p).await;
+    let row = |phone: String, campaign: &'static str| {
+        let pool = daemon.store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<String>, Option<String>)>(
+                "SELECT h.state, h.outcome, h.message_status FROM hopper h \
+                 JOIN contacts c ON c.id = h.contact_id JOIN campaigns k ON k.id = h.campaign_id \
+                 WHERE c.phone = $1 AND k.name = $2",
+            )
+            .bind(phone)
+            .bind(campaign)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    // Each line sends its campaign through its own app; each app's callbacks take its rows
+    // to read.
+    for name in ["c", "c2"] {
+        campaign::command(
+            &daemon.store,
+            &SystemClock,
+            &config,
+            name,
+            CampaignCommand::Start,
+        )
+        .await
+        .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for phone in &p {
+        for name in ["c", "c2"] {
+            while row(phone.clone(), name).await.2.as_deref() != Some("read") {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{phone} in {name}: {:?}",
+                    row(phone.clone(), name).await
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let ledger = sim.ledger();
+    for (source, to) in [(SOURCE, &p), (OTHER_SOURCE, &p)] {
+        let mut sent: Vec<String> = ledger
+            .iter()
+            .filter(|e| e.phone_number_id == source)
+            .map(|e| format!("+{}", e.to))
+            .collect();
+        sent.sort();
+        assert_eq!(&sent, to, "{source}");
+    }
+
+    // An unquoted v2 reply naming an app no line has: ignored, both rows stay pending.
+    let stray = json!({"app": "NoSuchApp", "timestamp": 1764000300000u64, "version": 2, "type": "message",
+        "payload": {"id": "stray-1", "source": p[1].trim_start_matches('+'), "type": "text",
+                    "payload": {"text": "YES"}, "sender": {"phone": p[1].trim_start_matches('+'), "name": "X"}}});
+    assert_eq!(
+        post_callback(&daemon.url(), "/webhooks/gupshup", Some(SECRET), &stray).await,
+        200
+    );
+    let inbound_stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM messages WHERE direction = 'in'")
+            .fetch_one(daemon.store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(inbound_stored().await, 0, "a callback of no line's app");
+    assert_eq!(row(p[1].clone(), "c").await.0, "pending");
+    assert_eq!(row(p[1].clone(), "c2").await.0, "pending");
+    // An unquoted v2 reply through the other app (`app`: OtherApp): its line's row answers.
+    sim.inject_gupshup_inbound(InboundSpec {
+        phone_number_id: Some(OTHER_APP.into()),
+        from: Some(p[0].trim_start_matches('+').to_string()),
+        kind: Some("text".into()),
+        text: Some("YES".into()),
+        ..InboundSpec::default()
+    })
+    .unwrap();
+    sim.flush_webhooks().await;
+    // An unquoted v3 reply naming the first app by `gs_app_id` only.
+    let to = p[1].trim_start_matches('+');
+    let v3 = json!({"object": "whatsapp_business_account", "gs_app_id": APP_ID,
+        "entry": [{"id": "112535025189792", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": SOURCE, "phone_number_id": "158072934066266"},
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": to}],
+            "messages": [{"from": to, "id": "wamid.IN_V3_TWO_LINES", "timestamp": "1764000100",
+                          "type": "text", "text": {"body": "YES"}}]}}]}]});
+    assert_eq!(
+        post_callback(&daemon.url(), "/webhooks/gupshup", Some(SECRET), &v3).await,
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row(p[0].clone(), "c2").await.1.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "p[0]'s reply never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(inbound_stored().await, 2);
+    assert_eq!(row(p[0].clone(), "c2").await.1.as_deref(), Some("answered"));
+    assert_eq!(row(p[0].clone(), "c").await.0, "pending");
+    assert_eq!(row(p[1].clone(), "c").await.1.as_deref(), Some("answered"));
+    assert_eq!(
+        row(p[1].clone(), "c2").await.0,
+        "pending",
+        "the stray callback and the first app's reply leave the other line's row alone"
+    );
+    daemon.shutdown().await;
+}

@@ -390,7 +390,35 @@ async fn timeouts_close_no_answer_and_late_replies_go_to_an_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_opt_out_path_closes_rows_and_blocks_sending() {
     let db = fresh_db().await;
-    let (daemon, _config, p) = sent_campaign(&db, 4, Arc::new(SystemClock)).await;
+    let second = r#"
+[[campaigns]]
+name = "c2"
+line = "main"
+template = { name = "renewal_reminder", language = "pt_BR" }
+lists = ["l"]
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
+"#;
+    let (daemon, config) =
+        start_with(&db, &inbox_config(&db.url, second), Arc::new(SystemClock)).await;
+    // p[0] keyword, p[1] answer, p[2] user_preferences "stop", p[3] 131050, p[4] stays.
+    let p = numbers(5);
+    let sim = daemon.simulator.clone().unwrap();
+    sim.force_fate(&p[3], tiercast::sim::Fate::Failed(131050));
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    wait_for(&daemon, &config, "sent, 131050 applied", |s| {
+        s.hopper["pending"] == 4 && s.outcomes["opted_out"] == 1
+    })
+    .await;
+    settle(&daemon).await;
     // Keyword (whole message, any case / accents).
     inject(&daemon, inbound(&p[0], "text", " Parar ", None)).await;
     // A quick reply mapped to opt_out.
@@ -412,7 +440,7 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
             "category": "marketing_messages", "value": "stop", "timestamp": 1795000000}]}}]}]})
     .to_string();
     assert_eq!(post_signed_webhook(&daemon.url(), body).await, 200);
-    for phone in &p[..3] {
+    for phone in &p[..4] {
         assert_eq!(
             row_of(&daemon, phone, "c").await.1.as_deref(),
             Some("opted_out"),
@@ -429,7 +457,65 @@ async fn every_opt_out_path_closes_rows_and_blocks_sending() {
             "{phone}"
         );
     }
-    assert_eq!(row_of(&daemon, &p[3], "c").await.0, "pending");
+    assert_eq!(row_of(&daemon, &p[4], "c").await.0, "pending");
+    // p[4] answers, so nothing holds it back (rule 3) and the later campaign must send to it:
+    // that campaign demonstrably sends, just not to the opted-out four.
+    inject(&daemon, inbound(&p[4], "button", "YES", None)).await;
+    assert_eq!(
+        row_of(&daemon, &p[4], "c").await.1.as_deref(),
+        Some("answered")
+    );
+
+    // A later campaign on the same list: every opted-out contact's row closes at load.
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c2",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    for phone in &p[..4] {
+        assert_eq!(
+            row_of(&daemon, phone, "c2").await,
+            ("closed".to_string(), Some("opted_out".to_string()), None),
+            "{phone}"
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row_of(&daemon, &p[4], "c2").await.0 != "pending" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c2 never sent to p[4]"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A pass over the line finds nothing left to send, nothing is in flight, and the
+    // simulator received one template per opted-out contact (the first campaign's) and two
+    // for the contact that stayed.
+    let pass = daemon.dispatcher.dispatch_once("main", 100).await.unwrap();
+    assert_eq!(pass.claimed, 0, "{pass:?}");
+    assert_eq!(daemon.store.inflight_rows().await.unwrap(), 0);
+    settle(&daemon).await;
+    let ledger = sim.ledger();
+    let templates_to = |phone: &str| {
+        ledger
+            .iter()
+            .filter(|e| {
+                e.template_name.is_some()
+                    && e.to.trim_start_matches('+') == phone.trim_start_matches('+')
+            })
+            .count()
+    };
+    for phone in &p[..4] {
+        assert_eq!(templates_to(phone), 1, "{phone}: only the first campaign's");
+    }
+    assert_eq!(
+        templates_to(&p[4]),
+        2,
+        "the control contact got both campaigns'"
+    );
     daemon.shutdown().await;
 }
 
@@ -1484,3 +1570,273 @@ async fn recontact_click_names_what_the_template_lacks(db: TestDb) {
     daemon.shutdown().await;
 }
 crate::both_backends!(recontact_click_names_what_the_template_lacks);
+
+/// Polls until `phone`'s row in `campaign` is in `state`.
+async fn wait_row_state(daemon: &Daemon, phone: &str, campaign: &str, state: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while row_of(daemon, phone, campaign).await.0 != state {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{phone}: its row in {campaign} never became {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An unquoted reply goes to the contact's most recent pending row *on the reply's line*,
+/// with pending rows of several campaigns: campaign `c` on line `main` sent first, `b` on
+/// line `second` sent later. A reply on `main` answers `c` although `b`'s row is the more
+/// recent, a reply on `second` answers `b`. Rule 3 keeps one pending row per contact on a
+/// line, so "most recent" among several on one line is checked on the store's lookup with a
+/// second row moved onto the line by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unquoted_reply_goes_to_the_most_recent_pending_row_on_its_line() {
+    let db = fresh_db().await;
+    let second = r#"
+[[lines]]
+name = "second"
+provider = "simulator"
+phone_number_id = "1002"
+
+[[campaigns]]
+name = "b"
+line = "second"
+template = { name = "renewal_reminder", language = "pt_BR" }
+lists = ["l"]
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
+answers = { "YES" = { outcome = "yes", action = "close" } }
+"#;
+    let (daemon, config) =
+        start_with(&db, &inbox_config(&db.url, second), Arc::new(SystemClock)).await;
+    let p = numbers(2);
+    load(&daemon, &p).await;
+    for name in ["c", "b"] {
+        campaign::command(
+            &daemon.store,
+            &SystemClock,
+            &config,
+            name,
+            CampaignCommand::Start,
+        )
+        .await
+        .unwrap();
+        for phone in &p {
+            wait_row_state(&daemon, phone, name, "pending").await;
+        }
+    }
+    settle(&daemon).await;
+    let main_id = daemon.config.lines[0].phone_number_id.clone();
+    let on_line = |phone: &str, line_id: &str| {
+        let mut spec = inbound(phone, "button", "YES", None);
+        spec.phone_number_id = Some(line_id.to_string());
+        spec
+    };
+
+    // The store's lookup: per line, and the row sent last when a line holds two.
+    let hopper_id = |phone: String, campaign: &'static str| {
+        let pool = daemon.store.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT h.id FROM hopper h JOIN contacts c ON c.id = h.contact_id \
+                 JOIN campaigns k ON k.id = h.campaign_id WHERE c.phone = $1 AND k.name = $2",
+            )
+            .bind(phone)
+            .bind(campaign)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (c1, b1) = (
+        hopper_id(p[1].clone(), "c").await,
+        hopper_id(p[1].clone(), "b").await,
+    );
+    let target = |line: &'static str| {
+        let store = daemon.store.clone();
+        let phone = p[1].clone();
+        async move {
+            store
+                .reply_target(line, &phone, None, 0)
+                .await
+                .unwrap()
+                .unwrap()
+                .hopper_id
+        }
+    };
+    assert_eq!(target("main").await, c1);
+    assert_eq!(target("second").await, b1);
+    let set_line = |id: i64, line: &'static str| {
+        let pool = daemon.store.pool().clone();
+        async move {
+            sqlx::query("UPDATE hopper SET line = $1 WHERE id = $2")
+                .bind(line)
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    set_line(b1, "main").await;
+    assert_eq!(target("main").await, b1, "b's row was sent after c's");
+    set_line(b1, "second").await;
+
+    // End to end: p[0] answers on `second`, p[1] on `main`.
+    inject(&daemon, on_line(&p[0], "1002")).await;
+    inject(&daemon, on_line(&p[1], &main_id)).await;
+    assert_eq!(
+        row_of(&daemon, &p[0], "b").await.1.as_deref(),
+        Some("answered")
+    );
+    assert_eq!(row_of(&daemon, &p[0], "c").await.0, "pending");
+    assert_eq!(
+        row_of(&daemon, &p[1], "c").await.1.as_deref(),
+        Some("answered"),
+        "the reply's line decides, not the most recent row overall"
+    );
+    assert_eq!(row_of(&daemon, &p[1], "b").await.0, "pending");
+    daemon.shutdown().await;
+}
+
+/// SPEC §2 rule 3 for a send in flight: while `c`'s send to p[0] waits for the provider's
+/// answer (the simulator answers it 3 s late and posts no status for it), a pass over the line
+/// does not claim p[0] for `c2`, nor does the daemon's own loop; `c2` does send to p[1], which
+/// nothing holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_in_flight_holds_the_contact_back_from_other_campaigns() {
+    use tiercast::sim::{Fate, SimFaults};
+    let db = fresh_db().await;
+    let second = r#"
+[[campaigns]]
+name = "c2"
+line = "main"
+template = { name = "renewal_reminder", language = "pt_BR" }
+lists = ["l", "m"]
+variables = { "1" = "name", "2" = "literal:gold", "3" = "literal:10%" }
+"#;
+    std::env::set_var(TOKEN_ENV, TOKEN);
+    let config = Config::parse(&inbox_config(&db.url, second), "test.toml").unwrap();
+    let daemon = serve::start(
+        config.clone(),
+        ServeOptions {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            simulator: Some(Box::new(|sim| {
+                all_delivered(sim);
+                sim.faults = SimFaults {
+                    slow: 1.0,
+                    slow_ms: 3000,
+                    ..SimFaults::default()
+                };
+            })),
+            ..ServeOptions::new(Arc::new(SystemClock))
+        },
+    )
+    .await
+    .unwrap();
+    let sim = daemon.simulator.clone().unwrap();
+    let p = numbers(2);
+    sim.force_fate(&p[0], Fate::NoWebhook);
+    load(&daemon, &p[..1]).await;
+    import_csv(
+        &daemon.store,
+        &SystemClock,
+        "m",
+        &format!("phone,name\n{},Other\n", p[1]),
+    )
+    .await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    let in_flight = || async {
+        sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT h.inflight_attempt_id FROM hopper h \
+             JOIN contacts c ON c.id = h.contact_id JOIN campaigns k ON k.id = h.campaign_id \
+             WHERE c.phone = $1 AND k.name = 'c'",
+        )
+        .bind(&p[0])
+        .fetch_one(daemon.store.pool())
+        .await
+        .unwrap()
+        .is_some()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(in_flight().await && sim.ledger().len() == 1) {
+        assert!(std::time::Instant::now() < deadline, "never in flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The provider holds the answer; later sends are answered at once.
+    sim.set_faults(SimFaults::default()).unwrap();
+    daemon
+        .campaign_command("c2", CampaignCommand::Start)
+        .await
+        .unwrap();
+    daemon.dispatcher.dispatch_once("main", 100).await.unwrap();
+    assert!(
+        in_flight().await,
+        "the pass ran after the send settled; the check proves nothing"
+    );
+    assert_eq!(row_of(&daemon, &p[0], "c2").await.0, "fresh");
+    wait_row_state(&daemon, &p[1], "c2", "pending").await;
+    // Answered at last: p[0]'s row in `c` is pending, which still holds it back.
+    wait_row_state(&daemon, &p[0], "c", "pending").await;
+    let pass = daemon.dispatcher.dispatch_once("main", 100).await.unwrap();
+    assert_eq!(pass.claimed, 0, "{pass:?}");
+    assert_eq!(row_of(&daemon, &p[0], "c2").await.0, "fresh");
+    let to_p0 = sim.ledger().iter().filter(|e| e.to == p[0]).count();
+    assert_eq!(to_p0, 1);
+    daemon.shutdown().await;
+}
+
+/// A recontact is business-initiated: with the portfolio's limit (1) spent by the campaign,
+/// a contact not reached in the last 24 h gets 409 `tier_spent` and nothing is sent, while
+/// the contact the campaign reached costs nothing and is recontacted.
+async fn recontact_answers_tier_spent_when_the_limit_is_spent(db: TestDb) {
+    let cfg = line_recontact_config(
+        &db.url,
+        "tier = \"1\"\n\
+         recontact_template = { name = \"window_expired\", language = \"pt_BR\" }\n\
+         recontact_variables = { \"1\" = \"literal:amigo\" }",
+    );
+    let (daemon, _config, p) = sent_campaign_with(&db, 1, Arc::new(SystemClock), &cfg).await;
+    let stranger = "+5511988887777";
+    inject(&daemon, inbound(&p[0], "text", "tell me more", None)).await;
+    inject(&daemon, inbound(stranger, "text", "who is this?", None)).await;
+    let recontact = |phone: String| {
+        let daemon = &daemon;
+        async move {
+            let id = interaction_of(daemon, &phone).await["id"].as_i64().unwrap();
+            api(
+                daemon,
+                "POST",
+                &format!("/api/interactions/{id}/recontact"),
+                None,
+            )
+            .await
+        }
+    };
+    let (code, body) = recontact(stranger.to_string()).await;
+    assert_eq!(
+        (code, body["error"].as_str()),
+        (409, Some("tier_spent")),
+        "{body}"
+    );
+    let (code, body) = recontact(p[0].clone()).await;
+    assert_eq!(code, 202, "already counted in 24 h: {body}");
+    wait_for_ledger(&daemon, &p[0], "the recontact template", |e| {
+        e.template_name.as_deref() == Some("window_expired")
+    })
+    .await;
+    settle(&daemon).await;
+    let ledger = daemon.simulator.as_ref().unwrap().ledger();
+    assert!(
+        !ledger.iter().any(|e| e.to == stranger),
+        "nothing sent to the stranger"
+    );
+    daemon.shutdown().await;
+}
+crate::both_backends!(recontact_answers_tier_spent_when_the_limit_is_spent);

@@ -176,7 +176,7 @@ async fn tier_250_with_1000_contacts(db: TestDb) {
     })
     .await;
     assert_eq!(s.hopper["fresh"], 750);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(sim.ledger().len(), 250, "not one recipient over the tier");
     let usage = daemon
         .store
@@ -198,7 +198,7 @@ async fn tier_250_with_1000_contacts(db: TestDb) {
     })
     .await;
     assert_eq!(s.hopper["fresh"], 500);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_more_to_send(&daemon, "main").await;
     let ledger = sim.ledger();
     assert_eq!((ledger.len(), distinct(&ledger)), (500, 500));
     daemon.shutdown().await;
@@ -227,7 +227,8 @@ async fn two_lines_share_one_budget_and_the_api_sets_the_tier(db: TestDb) {
         (a.sent + b.sent == 10 && a.waiting_for_tier + b.waiting_for_tier == 14).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_more_to_send(&daemon, "main").await;
+    nothing_more_to_send(&daemon, "second").await;
     let ledger = sim.ledger();
     assert_eq!(distinct(&ledger), 10, "one budget for both lines");
     let by_line: BTreeMap<&str, usize> = ledger.iter().fold(BTreeMap::new(), |mut m, e| {
@@ -261,6 +262,15 @@ async fn two_lines_share_one_budget_and_the_api_sets_the_tier(db: TestDb) {
 }
 crate::both_backends!(two_lines_share_one_budget_and_the_api_sets_the_tier);
 
+/// A pass over `line` at the clock's present claims nothing, and nothing is in flight: no row
+/// is sendable now, neither by this pass nor by the daemon's own loop (a row it claimed would
+/// be in flight or already in the ledger). Deterministic, unlike a sleep then a ledger check.
+async fn nothing_more_to_send(daemon: &Daemon, line: &str) {
+    let pass = daemon.dispatcher.dispatch_once(line, 100).await.unwrap();
+    assert_eq!(pass.claimed, 0, "{pass:?}");
+    assert_eq!(daemon.store.inflight_rows().await.unwrap(), 0);
+}
+
 /// `ramp = true`: the campaign reaches half the limit in distinct users over 7 days (what
 /// qualifies the portfolio for the next tier) and then waits for the upgrade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +293,7 @@ async fn a_ramped_campaign_sends_what_qualifies_and_waits_for_the_upgrade() {
     })
     .await;
     assert_eq!(s.hopper["fresh"], 20);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(
         sim.ledger().len(),
         10,
@@ -292,7 +302,7 @@ async fn a_ramped_campaign_sends_what_qualifies_and_waits_for_the_upgrade() {
 
     // A day on, the 24 h window is empty but the 7-day count still qualifies: nothing more.
     clock.advance(Duration::from_secs(24 * 3600 + 60));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(sim.ledger().len(), 10);
 
     // The upgrade comes (business_capability_update): the next step is half of 2K.
@@ -338,7 +348,7 @@ windows = [ { days = "mon-fri", from = "09:00", to = "18:00" } ]
     load_list(&daemon, "l", &[lisbon.clone(), sao_paulo.clone()].concat()).await;
     begin(&daemon, &clock, &cfg, "c").await;
     wait_status(&daemon, &clock, &cfg, "c", |s| s.sent == 5).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    nothing_more_to_send(&daemon, "main").await;
     let ledger = sim.ledger();
     let mut sent: Vec<String> = ledger.iter().map(|e| e.to.clone()).collect();
     sent.sort();
@@ -346,7 +356,7 @@ windows = [ { days = "mon-fri", from = "09:00", to = "18:00" } ]
 
     // 11:59 UTC is still 08:59 in São Paulo; 12:00 UTC opens it.
     clock.advance(Duration::from_secs(3600 + 59 * 60));
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(sim.ledger().len(), 5);
     clock.advance(Duration::from_secs(60));
     wait_status(&daemon, &clock, &cfg, "c", |s| s.sent == 10).await;
@@ -484,7 +494,7 @@ async fn pair_rate_gap_and_131056_visible_in_the_ledger() {
         s.outcomes["no_answer"] == 3
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(
         sim.ledger().len(),
         3,
@@ -493,17 +503,13 @@ async fn pair_rate_gap_and_131056_visible_in_the_ledger() {
 
     // Paused, the second campaign waits while, at t0 + 6 s, another system on the same
     // number writes to `busy`: resumed, its send to `busy` meets 131056 and only `busy` waits
-    // (4 s for the first hit, raised to the 6 s gap).
-    campaign::command(
-        &daemon.store,
-        &clock,
-        &cfg,
-        "second",
-        CampaignCommand::Pause,
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // (4 s for the first hit, raised to the 6 s gap). The pause is announced to the line, as
+    // the admin API's is: the line re-reads its campaigns before it sends anything it claims
+    // next, so no row of `second` leaves once the clock passes t0 + 6 s (no sleep needed).
+    daemon
+        .campaign_command("second", CampaignCommand::Pause)
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(3));
     daemon.lines["main"]
         .provider
@@ -521,7 +527,17 @@ async fn pair_rate_gap_and_131056_visible_in_the_ledger() {
     .await
     .unwrap();
     wait_status(&daemon, &clock, &cfg, "second", |s| s.sent == 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the send to `busy` refused with 131056 and recorded",
+        async || {
+            let refused = sim.stats().rejected_by_code.get(&131056) == Some(&1);
+            let recorded = daemon.store.inflight_rows().await.unwrap() == 0;
+            (refused && recorded).then_some(())
+        },
+    )
+    .await;
+    // `busy` now waits for its delay and the clock stands still: nothing more goes out.
+    nothing_more_to_send(&daemon, "main").await;
     assert_eq!(sim.stats().rejected_by_code.get(&131056), Some(&1));
     assert_eq!(sim.ledger().len(), 6);
     clock.advance(Duration::from_secs(6));

@@ -793,3 +793,109 @@ async fn retry_command_sends_waiting_retries_once_without_a_daemon() {
         assert_eq!(n, expected, "{phone}");
     }
 }
+
+/// Counts the attempts claimed and not yet recorded (`sending`).
+async fn unrecorded_attempts(daemon: &Daemon) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE status = 'sending'")
+        .fetch_one(daemon.store.pool())
+        .await
+        .unwrap()
+}
+
+/// The README's cap: claimed rows plus sends waiting for their record stay under
+/// 8 × `max_in_flight`. With `max_in_flight = 1` and the simulator answering 100 ms late, the
+/// line sends one at a time while it could claim far more (100 msg/s, 24 due rows), so the
+/// cap is what holds the count: it is reached (8) and never passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claimed_and_unrecorded_sends_stay_within_eight_times_max_in_flight() {
+    let db = fresh_db().await;
+    let text = config_text(&db.url, 100, "renewal_reminder", "")
+        .replace("max_in_flight = 16", "max_in_flight = 1");
+    let (daemon, config) = start(&db, &text, |sim| {
+        all_delivered(sim);
+        sim.latency = Duration::from_millis(100);
+    })
+    .await;
+    load(&daemon, &numbers(24)).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&daemon, &config).await.sent < 24 {
+        most = most.max(unrecorded_attempts(&daemon).await);
+        assert!(Instant::now() < deadline, "not all sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most <= 8, "{most} claimed or unrecorded sends, above 8 × 1");
+    assert_eq!(
+        most, 8,
+        "the cap was never reached; the check proves nothing"
+    );
+    daemon.shutdown().await;
+}
+
+/// No transaction is open during an HTTP call. SQLite runs on one connection, so a send that
+/// held a transaction across its request would hold that connection: a write made while the
+/// provider sits on its answer (3 s) would finish only after it. Here it finishes while the
+/// send is still in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_completes_while_a_send_waits_for_its_answer() {
+    use tiercast::sim::SimFaults;
+    let db = fresh_db().await;
+    let (daemon, config) = start(
+        &db,
+        &config_text(&db.url, 100, "renewal_reminder", ""),
+        |sim| {
+            all_delivered(sim);
+            sim.faults = SimFaults {
+                slow: 1.0,
+                slow_ms: 3000,
+                ..SimFaults::default()
+            };
+        },
+    )
+    .await;
+    let sim = daemon.simulator.clone().unwrap();
+    let p = numbers(1);
+    sim.force_fate(&p[0], Fate::NoWebhook);
+    load(&daemon, &p).await;
+    campaign::command(
+        &daemon.store,
+        &SystemClock,
+        &config,
+        "c",
+        CampaignCommand::Start,
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.ledger().is_empty() {
+        assert!(Instant::now() < deadline, "never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The provider has the request and holds its answer. A write of our own (one statement,
+    // its own transaction) on the same store:
+    daemon
+        .store
+        .add_to_blacklist("+5511900000001", "test", 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        daemon.store.inflight_rows().await.unwrap(),
+        1,
+        "the write waited for the send's answer"
+    );
+    assert_eq!(unrecorded_attempts(&daemon).await, 1);
+    wait_for(&daemon, &config, "the late answer recorded", |s| {
+        s.sent == 1
+    })
+    .await;
+    daemon.shutdown().await;
+}

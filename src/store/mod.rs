@@ -197,7 +197,7 @@ impl Store {
         };
         let file = match sqlite_file(&url) {
             Some(path) => Some(Arc::new(
-                DatabaseFile::opened(&path).map_err(|e| sqlx::Error::Io(e))?,
+                DatabaseFile::opened(&path).map_err(sqlx::Error::Io)?,
             )),
             None => None,
         };

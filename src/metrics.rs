@@ -6,6 +6,7 @@ use metrics::{counter, gauge, histogram};
 
 pub const MESSAGES_SENT: &str = "tiercast_messages_sent_total";
 pub const SEND_FAILURES: &str = "tiercast_send_failures_total";
+pub const SEND_FAILURE_CLASSES: &str = "tiercast_send_failure_classes_total";
 pub const MESSAGE_STATUS: &str = "tiercast_message_status_total";
 pub const HOPPER_CONTACTS: &str = "tiercast_hopper_contacts";
 pub const CAMPAIGN_OUTCOMES: &str = "tiercast_campaign_outcomes_total";
@@ -33,6 +34,7 @@ enum Kind {
 const FAMILIES: &[(&str, Kind, &str)] = &[
     (MESSAGES_SENT, Kind::Counter, "Templates the provider accepted (answered with a message id), per line and campaign"),
     (SEND_FAILURES, Kind::Counter, "Send requests that failed, per line, campaign, provider error code and class (retryable, throttled, permanent, request, campaign, unknown)"),
+    (SEND_FAILURE_CLASSES, Kind::Counter, "Send requests that failed, per line, campaign and class only: every series exists from the start, so rate() and alerts see the first failure"),
     (MESSAGE_STATUS, Kind::Counter, "Delivery statuses, per line: from webhooks (sent, delivered, read, failed) and Meta's held send answers (held_for_quality_assessment, paused)"),
     (HOPPER_CONTACTS, Kind::Gauge, "Contacts in a campaign's hopper, per state (fresh, retry, pending, closed)"),
     (CAMPAIGN_OUTCOMES, Kind::Counter, "Closed campaign rows, per outcome (running totals from the database)"),
@@ -101,8 +103,9 @@ const WEBHOOK_REJECT_REASONS: &[&str] = &[
 /// Creates at zero every counter series whose labels are known at start (the config's
 /// campaigns and lines, statuses, reply kinds, webhook kinds and rejection reasons), so that
 /// `increase()` and `rate()` see the first event of each: a series born at 1 has no earlier
-/// sample to grow from. Failure counters appear at their first failure: their `code` label is
-/// the provider's error code, not known in advance.
+/// sample to grow from. `send_failures_total` appears at each code's first failure (the code
+/// is the provider's, not known in advance); `send_failure_classes_total`, without the code,
+/// exists from the start and is what alerts should use.
 pub fn zero_known_series(config: &crate::config::Config) {
     for line in &config.lines {
         for status in MESSAGE_STATUSES {
@@ -111,6 +114,11 @@ pub fn zero_known_series(config: &crate::config::Config) {
     }
     for c in &config.campaigns {
         messages_sent(&c.line, &c.name).increment(0);
+        for class in crate::domain::error_class::ErrorClass::ALL {
+            counter!(SEND_FAILURE_CLASSES, "line" => c.line.clone(), "campaign" => c.name.clone(),
+                "class" => class.as_str())
+            .increment(0);
+        }
         counter!(CAMPAIGN_PAUSES, "campaign" => c.name.clone()).increment(0);
         for kind in REPLY_KINDS {
             counter!(REPLIES, "campaign" => c.name.clone(), "kind" => *kind).increment(0);
@@ -142,6 +150,9 @@ pub fn messages_sent(line: &str, campaign: &str) -> metrics::Counter {
 pub fn send_failure(line: &str, campaign: &str, code: &str, class: &str) {
     counter!(SEND_FAILURES, "line" => line.to_string(), "campaign" => campaign.to_string(),
         "code" => code.to_string(), "class" => class.to_string())
+    .increment(1);
+    counter!(SEND_FAILURE_CLASSES, "line" => line.to_string(), "campaign" => campaign.to_string(),
+        "class" => class.to_string())
     .increment(1);
 }
 

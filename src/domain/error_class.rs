@@ -37,6 +37,16 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, for the metric series that exist from the first scrape.
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::Retryable,
+        ErrorClass::Throttled,
+        ErrorClass::Permanent,
+        ErrorClass::Request,
+        ErrorClass::Campaign,
+        ErrorClass::Ambiguous,
+    ];
+
     /// The `class` label of `tiercast_send_failures_total` (SPEC §5.4). `Ambiguous` is exported
     /// as `"unknown"` because that is the word the dashboards use for "outcome not known".
     pub fn as_str(&self) -> &'static str {

@@ -299,6 +299,40 @@ pub struct Dispatcher {
     outcomes: Outcomes,
     changes: CampaignChanges,
     here: Arc<AttemptsHere>,
+    leases: Arc<LeasesHeld>,
+}
+
+/// Until when (on the daemon's clock) each line's lease is known to be this daemon's without
+/// asking the database: half a `lease_ttl` after the start of its last successful renewal.
+/// Another daemon can give up this daemon's attempts or drive its line only once the lease
+/// has expired, which takes a whole `lease_ttl` after that renewal on the lease's clock; so
+/// within this half, a send's last check needs no read. A freeze or a forward step of the
+/// clock runs past it, and the check reads the database again.
+#[derive(Default)]
+struct LeasesHeld(Mutex<HashMap<Arc<str>, Millis>>);
+
+impl LeasesHeld {
+    fn renewed(&self, lease: &Arc<str>, fresh_until: Millis) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(lease.clone(), fresh_until);
+    }
+
+    fn lost(&self, lease: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(lease);
+    }
+
+    fn fresh(&self, lease: &str, now: Millis) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(lease)
+            .is_some_and(|until| now < *until)
+    }
 }
 
 impl Dispatcher {
@@ -320,6 +354,7 @@ impl Dispatcher {
             outcomes,
             changes: CampaignChanges::new(),
             here: Default::default(),
+            leases: Default::default(),
             store,
             clock,
             config,
@@ -680,7 +715,16 @@ impl Dispatcher {
         check: LaunchCheck,
         asked: &Mutex<Option<Result<(), Refused>>>,
     ) -> bool {
-        let answer = match self.outcomes.launch(check).await {
+        let fresh = check
+            .lease
+            .as_ref()
+            .is_some_and(|l| self.leases.fresh(&l.name, self.now()));
+        let verdict = if fresh {
+            Ok(Launch::Go)
+        } else {
+            self.outcomes.launch(check).await
+        };
+        let answer = match verdict {
             Ok(Launch::Go) if campaign.launch() => Ok(()),
             Ok(Launch::Go) => Err(Refused::Halted),
             Ok(verdict) => Err(Refused::Verdict(verdict)),
@@ -1052,13 +1096,15 @@ impl Dispatcher {
                             tracing::error!(line = %line, error = %e, "recording a send failed; the row will be reconciled");
                         }
                     }
+                    self.leases.lost(&lease);
                     let _ = self.store.release_lease(&lease, &self.holder).await;
                     tracing::info!(line = %line, "handing the line to a daemon with fewer lines");
                     renewed_at = None;
                 }
+                let asked_at = self.now();
                 let acquired = if within_share {
                     self.store
-                        .acquire_lease(&lease, &self.holder, self.now(), ttl.as_millis() as Millis)
+                        .acquire_lease(&lease, &self.holder, asked_at, ttl.as_millis() as Millis)
                         .await
                 } else {
                     Ok(false)
@@ -1072,8 +1118,11 @@ impl Dispatcher {
                             self.hold_orphans(&line).await;
                         }
                         renewed_at = Some(Instant::now());
+                        self.leases
+                            .renewed(&line_lease.name, asked_at + (ttl / 2).as_millis() as Millis);
                     }
                     Ok(false) | Err(_) => {
+                        self.leases.lost(&lease);
                         if renewed_at.take().is_some() {
                             tracing::warn!(line = %line, "lost the line's lease; another daemon drives it");
                         }
@@ -1199,6 +1248,7 @@ impl Dispatcher {
             }
         }
         if renewed_at.is_some() {
+            self.leases.lost(&lease);
             let _ = self.store.release_lease(&lease, &self.holder).await;
         }
         tracing::info!(line = %line, "dispatcher stopped");

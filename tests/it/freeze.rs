@@ -182,6 +182,11 @@ async fn another_daemon_takes_the_line(db: TestDb, abandoned: bool) {
     .execute(daemon.store.pool())
     .await
     .unwrap();
+    // Another daemon can take the line only once this one's lease has expired: a whole
+    // `lease_ttl` since its last renewal has passed on this daemon's clock too, so it no
+    // longer trusts that it holds the lease without asking the database.
+    db.clock
+        .advance(config.server.lease_ttl + Duration::from_secs(1));
     let taken_at = ledger(&daemon).len();
     if abandoned {
         // The other daemon's reconcile, an hour on: every attempt of the line is given up.

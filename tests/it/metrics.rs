@@ -591,7 +591,14 @@ async fn promtool_accepts_metrics_and_known_counters_start_at_zero() {
     };
     let lc = [("line", "promtool-line"), ("campaign", "promtool-camp")];
     zero("tiercast_messages_sent_total", &lc);
-    for class in ["retryable", "throttled", "permanent", "request", "campaign", "unknown"] {
+    for class in [
+        "retryable",
+        "throttled",
+        "permanent",
+        "request",
+        "campaign",
+        "unknown",
+    ] {
         zero(
             "tiercast_send_failure_classes_total",
             &[lc[0], lc[1], ("class", class)],

@@ -498,7 +498,8 @@ impl Inbox {
         self.store
             .note_status_failure(target.hopper_id, wamid, code, c.class, &text, now)
             .await?;
-        if c.class == ErrorClass::Campaign {
+        let campaign_at_fault = c.class == ErrorClass::Campaign;
+        if campaign_at_fault {
             // Paused before the row is due again, so no line sends it meanwhile.
             let reason = format!("{} (error {code} in a status webhook)", c.title);
             brakes::pause(
@@ -509,14 +510,13 @@ impl Inbox {
                 now,
             )
             .await?;
-            self.store
-                .fail_pending(target.hopper_id, &action, code, &text, now)
-                .await?;
-            return Ok(());
         }
         self.store
             .fail_pending(target.hopper_id, &action, code, &text, now)
             .await?;
+        if campaign_at_fault {
+            return Ok(());
+        }
         let failure = ContactFailure {
             campaign: &campaign,
             campaign_id: target.campaign_id,

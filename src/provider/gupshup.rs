@@ -177,6 +177,27 @@ impl GupshupClient {
         parse_send_answer(status, &body)
     }
 
+    /// A session message (free-form, inside the window) to `msg`: the form every one shares,
+    /// plus `extra` fields.
+    async fn send_session(
+        &self,
+        to: &str,
+        message: &serde_json::Value,
+        extra: &[(&str, &str)],
+    ) -> Result<Accepted, SendError> {
+        let message = message.to_string();
+        let to = digits(to);
+        let mut form = vec![
+            ("channel", "whatsapp"),
+            ("source", self.source.as_str()),
+            ("src.name", self.app_name.as_str()),
+            ("destination", to.as_str()),
+            ("message", message.as_str()),
+        ];
+        form.extend_from_slice(extra);
+        self.send_form(&self.text_url, &form).await
+    }
+
     /// The form of a template send, from a message rendered for Meta.
     fn template_form(&self, m: &TemplateMessage) -> Result<Vec<(&'static str, String)>, SendError> {
         let Some(id) = m.template_id.as_deref().filter(|id| !id.is_empty()) else {
@@ -487,20 +508,9 @@ impl Provider for GupshupClient {
     }
 
     async fn send_text(&self, to: &str, body: &str) -> Result<Accepted, SendError> {
-        let message = json!({ "type": "text", "text": body }).to_string();
-        let to = digits(to);
-        self.send_form(
-            &self.text_url,
-            &[
-                ("channel", "whatsapp"),
-                ("source", &self.source),
-                ("src.name", &self.app_name),
-                ("destination", &to),
-                ("message", &message),
-                ("disablePreview", "true"),
-            ],
-        )
-        .await
+        let message = json!({ "type": "text", "text": body });
+        self.send_session(to, &message, &[("disablePreview", "true")])
+            .await
     }
 
     /// Session media by link (reference §1.2): `image` with `originalUrl` / `previewUrl`,
@@ -519,19 +529,7 @@ impl Provider for GupshupClient {
         if let Some(filename) = &media.filename {
             message["filename"] = json!(filename);
         }
-        let message = message.to_string();
-        let to = digits(to);
-        self.send_form(
-            &self.text_url,
-            &[
-                ("channel", "whatsapp"),
-                ("source", &self.source),
-                ("src.name", &self.app_name),
-                ("destination", &to),
-                ("message", &message),
-            ],
-        )
-        .await
+        self.send_session(to, &message, &[]).await
     }
 
     async fn mark_read(&self, wamid: &str) -> Result<(), SendError> {

@@ -1163,16 +1163,10 @@ impl Store {
                  FROM v WHERE hopper.inflight_attempt_id = v.attempt_id",
                 value_rows(padded_len(chunk.len()), 5, 1)
             ));
-            let mut q = sqlx::query(&sql);
-            for r in padded(chunk) {
-                q = q
-                    .bind(r.attempt_id)
-                    .bind(&r.wamid)
-                    .bind(r.wa_id.as_deref())
-                    .bind(r.now)
-                    .bind(r.response_deadline);
-            }
-            let settled = q.execute(&mut **tx).await?.rows_affected();
+            let settled = settle_values(&sql, chunk)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
             if settled < chunk.len() as u64 {
                 self.settle_abandoned_in(tx, chunk).await?;
             }
@@ -1217,16 +1211,10 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM attempts l WHERE l.hopper_id = hopper.id AND l.id > a.id)",
             value_rows(padded_len(chunk.len()), 5, 1)
         ));
-        let mut q = sqlx::query(&sql);
-        for r in padded(chunk) {
-            q = q
-                .bind(r.attempt_id)
-                .bind(&r.wamid)
-                .bind(r.wa_id.as_deref())
-                .bind(r.now)
-                .bind(r.response_deadline);
-        }
-        let n = q.execute(&mut **tx).await?.rows_affected();
+        let n = settle_values(&sql, chunk)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
         if n > 0 {
             tracing::info!(
                 rows = n,
@@ -1395,6 +1383,24 @@ where
             other => return other,
         }
     }
+}
+
+/// A settle statement (`WITH v (attempt_id, wamid, wa_id, now, deadline) AS (VALUES …)`) with
+/// the chunk's rows bound, padded as the statement's text is.
+fn settle_values<'q>(
+    sql: &'q str,
+    chunk: &'q [Settle],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
+    for r in padded(chunk) {
+        q = q
+            .bind(r.attempt_id)
+            .bind(&r.wamid)
+            .bind(r.wa_id.as_deref())
+            .bind(r.now)
+            .bind(r.response_deadline);
+    }
+    q
 }
 
 #[cfg(test)]
